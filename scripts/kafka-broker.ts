@@ -1,0 +1,425 @@
+/**
+ * A real Apache Kafka broker for tests and the demo, without Docker.
+ *
+ * The broker runtime comes from Maven Central (`org.apache.kafka:kafka_2.13` pulls the
+ * whole broker in transitively). Kafka leaves its logging backend out of the published
+ * dependencies, so the generated pom adds one that matches the major version; without
+ * it every broker log line, including the readiness line we wait for, is lost.
+ *
+ * Lifecycle of a `KafkaBroker`:
+ *   stopped --start()--> starting --"Kafka Server started"--> running
+ *   running --stop()--> stopped (data kept; start() again reuses ports and data)
+ *   running --kill()--> stopped (SIGKILL, to simulate a crash)
+ *   any     --destroy()--> gone (process stopped, data dir removed)
+ *
+ * The Java process is started under `setpriv --pdeathsig SIGKILL` where available, so a
+ * broker never outlives the Node process that started it, even when that one is killed.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const DEFAULT_KAFKA_VERSION = '4.1.2';
+
+/** How long a broker may take to print its readiness line before we give up. */
+const READY_TIMEOUT_MS = 90_000;
+/** How long a SIGTERM may take before SIGKILL follows. */
+const STOP_TIMEOUT_MS = 30_000;
+const LOG_TAIL_LINES = 60;
+const READY_LINE = 'Kafka Server started';
+
+export interface KafkaRuntime {
+  version: string;
+  /** Folder holding every jar of the broker's class path. */
+  libDir: string;
+  /** Milliseconds spent resolving: near zero when the cache already held it. */
+  resolveMs: number;
+  fromCache: boolean;
+}
+
+/** Where resolved runtimes are kept: outside any clone, so every checkout reuses them. */
+export function defaultCacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache');
+  return join(base, 'pg2kafka');
+}
+
+function kafkaVersionFromEnv(): string {
+  const version = process.env.KAFKA_VERSION ?? DEFAULT_KAFKA_VERSION;
+  if (!/^[34]\.\d+\.\d+$/.test(version)) {
+    throw new Error(`KAFKA_VERSION must look like 4.1.2 or 3.9.2, got "${version}"`);
+  }
+  return version;
+}
+
+/** The logging backend Kafka's published pom leaves out, per major version. */
+function loggingDependencies(version: string): Array<[group: string, artifact: string, v: string]> {
+  if (version.startsWith('3.')) {
+    return [
+      ['org.slf4j', 'slf4j-reload4j', '1.7.36'],
+      ['ch.qos.reload4j', 'reload4j', '1.2.25'],
+    ];
+  }
+  return [
+    ['org.apache.logging.log4j', 'log4j-slf4j-impl', '2.24.3'],
+    ['org.apache.logging.log4j', 'log4j-api', '2.24.3'],
+    ['org.apache.logging.log4j', 'log4j-core', '2.24.3'],
+  ];
+}
+
+function pomFor(version: string): string {
+  const deps = [['org.apache.kafka', 'kafka_2.13', version], ...loggingDependencies(version)]
+    .map(
+      ([g, a, v]) =>
+        `    <dependency><groupId>${g}</groupId><artifactId>${a}</artifactId><version>${v}</version></dependency>`,
+    )
+    .join('\n');
+  return `<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>pg2kafka.test</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>${version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+${deps}
+  </dependencies>
+</project>
+`;
+}
+
+/**
+ * Resolves the broker runtime into `<cacheDir>/kafka-<version>/libs`, reusing it when a
+ * previous run completed. Maven writes into a private folder that is renamed into place
+ * only once complete, so an interrupted or concurrent resolve never leaves half a class path.
+ */
+export async function resolveKafkaRuntime(
+  version = kafkaVersionFromEnv(),
+  cacheDir = defaultCacheDir(),
+): Promise<KafkaRuntime> {
+  const home = join(cacheDir, `kafka-${version}`);
+  const libDir = join(home, 'libs');
+  const started = Date.now();
+  if (existsSync(join(libDir, '.complete'))) {
+    return { version, libDir, resolveMs: Date.now() - started, fromCache: true };
+  }
+  if (spawnSync('mvn', ['--version'], { stdio: 'ignore' }).status !== 0) {
+    throw new Error(
+      'Maven (mvn) is needed to fetch the Kafka broker for tests: install it (apt-get install maven openjdk-17-jre-headless) or set KAFKA_BROKERS to a running broker',
+    );
+  }
+  await mkdir(home, { recursive: true });
+  const work = await mkdtemp(join(home, 'resolve-'));
+  try {
+    await writeFile(join(work, 'pom.xml'), pomFor(version));
+    const out = join(work, 'libs');
+    const result = spawnSync(
+      'mvn',
+      [
+        '-B',
+        '-q',
+        '-f',
+        join(work, 'pom.xml'),
+        'dependency:copy-dependencies',
+        `-DoutputDirectory=${out}`,
+        '-DincludeScope=runtime',
+      ],
+      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+    );
+    if (result.status !== 0) {
+      const output = `${result.stdout}${result.stderr}`.trim().split('\n').slice(-30).join('\n');
+      throw new Error(`Maven could not resolve the Kafka ${version} broker runtime:\n${output}`);
+    }
+    await writeFile(join(out, '.complete'), `${new Date().toISOString()}\n`);
+    try {
+      await rename(out, libDir);
+    } catch (error) {
+      // Another process finished first: its copy is as good as ours.
+      if (!existsSync(join(libDir, '.complete'))) throw error;
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  return { version, libDir, resolveMs: Date.now() - started, fromCache: false };
+}
+
+/** A port nobody listens on right now, picked by the kernel. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => {
+        if (address !== null && typeof address === 'object') resolve(address.port);
+        else reject(new Error('could not read the port of a probe socket'));
+      });
+    });
+  });
+}
+
+/** Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding. */
+function newClusterId(): string {
+  return randomBytes(16).toString('base64url');
+}
+
+function serverProperties(port: number, controllerPort: number, dataDir: string): string {
+  return [
+    'process.roles=broker,controller',
+    'node.id=1',
+    `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+    'controller.listener.names=CONTROLLER',
+    'inter.broker.listener.name=PLAINTEXT',
+    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `log.dirs=${join(dataDir, 'logs')}`,
+    'num.partitions=1',
+    // Topics are created by the code under test (or its tests), as on real clusters.
+    'auto.create.topics.enable=false',
+    'offsets.topic.replication.factor=1',
+    'offsets.topic.num.partitions=4',
+    'transaction.state.log.replication.factor=1',
+    'transaction.state.log.min.isr=1',
+    'share.coordinator.state.topic.replication.factor=1',
+    'share.coordinator.state.topic.min.isr=1',
+    'group.initial.rebalance.delay.ms=0',
+    // Kafka 4 rejects records stamped more than an hour ahead; tests set timestamps.
+    'log.message.timestamp.after.max.ms=9223372036854775807',
+    '',
+  ].join('\n');
+}
+
+const LOG4J2_PROPERTIES = `status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+`;
+
+const LOG4J1_PROPERTIES = `log4j.rootLogger=INFO, out
+log4j.appender.out=org.apache.log4j.ConsoleAppender
+log4j.appender.out.layout=org.apache.log4j.PatternLayout
+log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.state.change.logger=WARN
+`;
+
+const JVM_OPTIONS = [
+  '-Xms256m',
+  '-Xmx1g',
+  '-XX:+UseG1GC',
+  '-XX:MaxGCPauseMillis=20',
+  '-Djava.awt.headless=true',
+];
+
+const hasPdeathsig = (() => {
+  const probe = spawnSync('setpriv', ['--help'], { encoding: 'utf8' });
+  return probe.status === 0 && probe.stdout.includes('--pdeathsig');
+})();
+
+export interface KafkaBrokerOptions {
+  version?: string;
+  cacheDir?: string;
+  /** Receives every broker log line (default: kept only in the tail shown on failure). */
+  onLogLine?: (line: string) => void;
+}
+
+export class KafkaBroker {
+  /** `host:port` of the PLAINTEXT listener, stable across stop()/start(). */
+  readonly brokers: string;
+  private process: ChildProcess | undefined;
+  private exited: Promise<void> = Promise.resolve();
+  private readonly tail: string[] = [];
+  private readonly configDir: string;
+
+  private constructor(
+    readonly runtime: KafkaRuntime,
+    readonly port: number,
+    readonly controllerPort: number,
+    readonly dataDir: string,
+    private readonly onLogLine: ((line: string) => void) | undefined,
+  ) {
+    this.brokers = `127.0.0.1:${port}`;
+    this.configDir = join(dataDir, 'config');
+  }
+
+  /** Resolves the runtime, formats fresh storage on free ports, starts and waits for ready. */
+  static async start(options: KafkaBrokerOptions = {}): Promise<KafkaBroker> {
+    const runtime = await resolveKafkaRuntime(
+      options.version ?? kafkaVersionFromEnv(),
+      options.cacheDir,
+    );
+    const port = await freePort();
+    let controllerPort = await freePort();
+    while (controllerPort === port) controllerPort = await freePort();
+    const dataDir = await mkdtemp(join(tmpdir(), 'pg2kafka-kafka-'));
+    const broker = new KafkaBroker(runtime, port, controllerPort, dataDir, options.onLogLine);
+    try {
+      await broker.format();
+      await broker.start();
+    } catch (error) {
+      await broker.destroy();
+      throw error;
+    }
+    return broker;
+  }
+
+  get running(): boolean {
+    return this.process !== undefined;
+  }
+
+  /** Process id of the running broker's JVM. */
+  get pid(): number | undefined {
+    return this.process?.pid;
+  }
+
+  /** The last broker log lines, for error messages. */
+  logTail(): string {
+    return this.tail.join('\n');
+  }
+
+  private async format(): Promise<void> {
+    await mkdir(this.configDir, { recursive: true });
+    const props = join(this.configDir, 'server.properties');
+    await writeFile(props, serverProperties(this.port, this.controllerPort, this.dataDir));
+    await writeFile(join(this.configDir, 'log4j2.properties'), LOG4J2_PROPERTIES);
+    await writeFile(join(this.configDir, 'log4j.properties'), LOG4J1_PROPERTIES);
+    const result = spawnSync(
+      'java',
+      [
+        ...this.javaOptions(),
+        'kafka.tools.StorageTool',
+        'format',
+        '-t',
+        newClusterId(),
+        '-c',
+        props,
+      ],
+      { encoding: 'utf8' },
+    );
+    if (result.status !== 0) {
+      throw new Error(
+        `formatting Kafka storage failed (exit ${String(result.status)}):\n${result.stdout}${result.stderr}`,
+      );
+    }
+  }
+
+  private javaOptions(): string[] {
+    return [
+      '-cp',
+      join(this.runtime.libDir, '*'),
+      `-Dlog4j2.configurationFile=${join(this.configDir, 'log4j2.properties')}`,
+      `-Dlog4j.configuration=file:${join(this.configDir, 'log4j.properties')}`,
+    ];
+  }
+
+  /** Starts the broker on its ports with its data, and waits until it serves. */
+  async start(): Promise<void> {
+    if (this.process) throw new Error('the Kafka broker is already running');
+    const javaArgs = [
+      ...JVM_OPTIONS,
+      ...this.javaOptions(),
+      'kafka.Kafka',
+      join(this.configDir, 'server.properties'),
+    ];
+    const [command, args] = hasPdeathsig
+      ? ['setpriv', ['--pdeathsig', 'SIGKILL', 'java', ...javaArgs]]
+      : ['java', javaArgs];
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.process = child;
+    this.exited = new Promise((resolve) =>
+      child.once('exit', () => {
+        resolve();
+      }),
+    );
+
+    const ready = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new Error(
+            `the Kafka broker did not start within ${READY_TIMEOUT_MS / 1000} s; its last lines:\n${this.logTail()}`,
+          ),
+        );
+      }, READY_TIMEOUT_MS);
+      const onLine = (line: string): void => {
+        this.tail.push(line);
+        if (this.tail.length > LOG_TAIL_LINES) this.tail.shift();
+        this.onLogLine?.(line);
+        if (line.includes(READY_LINE)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      splitLines(child.stdout, onLine);
+      splitLines(child.stderr, onLine);
+      child.once('error', (error) => {
+        clearTimeout(timer);
+        reject(new Error(`could not start java for the Kafka broker: ${error.message}`));
+      });
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        this.process = undefined;
+        reject(
+          new Error(
+            `the Kafka broker exited before it was ready (${signal ?? `exit ${String(code)}`}); its last lines:\n${this.logTail()}`,
+          ),
+        );
+      });
+    });
+    try {
+      await ready;
+    } catch (error) {
+      await this.kill();
+      throw error;
+    }
+  }
+
+  /** Stops the broker cleanly (SIGTERM, then SIGKILL after a timeout); data is kept. */
+  async stop(): Promise<void> {
+    const child = this.process;
+    if (!child) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+    await this.exited;
+    clearTimeout(timer);
+    this.process = undefined;
+  }
+
+  /** Kills the broker at once, as a crash would; data is kept. */
+  async kill(): Promise<void> {
+    const child = this.process;
+    if (!child) return;
+    child.kill('SIGKILL');
+    await this.exited;
+    this.process = undefined;
+  }
+
+  /** Stops the broker and removes its data. */
+  async destroy(): Promise<void> {
+    await this.stop();
+    await rm(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+function splitLines(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void): void {
+  if (!stream) return;
+  let buffered = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    buffered += chunk;
+    let newline = buffered.indexOf('\n');
+    while (newline >= 0) {
+      onLine(buffered.slice(0, newline));
+      buffered = buffered.slice(newline + 1);
+      newline = buffered.indexOf('\n');
+    }
+  });
+}
