@@ -1,0 +1,233 @@
+-- setup() and teardown(): what a user calls to start and stop capturing a table.
+--
+-- Snapshot without loss or doubles: setup takes SHARE ROW EXCLUSIVE on the table (what
+-- CREATE TRIGGER needs anyway). It conflicts with writers but not with readers, and is
+-- never ACCESS EXCLUSIVE. Holding it, setup installs the triggers and then copies every
+-- row as a SNAPSHOT event, in one transaction:
+--   - a writer that committed before the lock was granted is in the copy (READ COMMITTED:
+--     the copy's statement takes its snapshot after the lock), and left no event;
+--   - a writer that comes after waits for setup to commit, then fires the triggers, so
+--     its event has a higher id than every SNAPSHOT event of the table.
+-- That needs READ COMMITTED: under REPEATABLE READ the transaction's snapshot could
+-- predate the lock and miss rows, so setup refuses to run there.
+--
+-- The lock is requested with a short lock_timeout and retried with jitter: a DDL lock
+-- request that waits queues every later writer behind it, so waiting long for one slow
+-- transaction would stall the application. Writers wait at most for setup's transaction.
+-- (Copying very large tables in chunks without holding the lock comes later; the
+-- registry row is where its progress will be kept.)
+
+-- Takes `mode` on `tbl`, retrying lock timeouts; raises lock_not_available when it cannot.
+CREATE OR REPLACE FUNCTION pg2kafka.lock_table(tbl regclass, mode text, attempts int DEFAULT 20)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '500ms'
+AS $$
+BEGIN
+  FOR attempt IN 1..attempts LOOP
+    BEGIN
+      EXECUTE format('LOCK TABLE %s IN %s MODE', tbl, mode);
+      RETURN;
+    EXCEPTION WHEN lock_not_available THEN
+      IF attempt = attempts THEN
+        RAISE EXCEPTION 'pg2kafka: could not lock table % in % mode after % attempts', tbl, mode, attempts
+          USING ERRCODE = 'lock_not_available',
+                HINT = 'Long-running transactions are using the table; retry when they have finished.';
+      END IF;
+      PERFORM pg_sleep(0.05 + random() * 0.25);
+    END;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.lock_table(regclass, text, int) FROM PUBLIC;
+
+-- Why an external id column cannot order events per key, or NULL when it can.
+CREATE OR REPLACE FUNCTION pg2kafka.key_column_problem(tbl regclass, attnum smallint)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE
+    WHEN NOT a.attnotnull THEN 'it is nullable'
+    WHEN NOT EXISTS (
+      SELECT 1 FROM pg_index i
+      WHERE i.indrelid = tbl AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+        AND i.indnkeyatts = 1 AND i.indkey[0] = attnum
+    ) THEN 'no unique index covers it alone'
+  END
+  FROM pg_attribute a
+  WHERE a.attrelid = tbl AND a.attnum = key_column_problem.attnum
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.key_column_problem(regclass, smallint) FROM PUBLIC;
+
+-- Drops the capture triggers of a table (their clones on partitions go with them).
+CREATE OR REPLACE FUNCTION pg2kafka.drop_capture_triggers(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  trigger_name name;
+BEGIN
+  FOR trigger_name IN
+    SELECT tgname FROM pg_trigger
+    WHERE tgrelid = tbl AND tgname IN ('pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate')
+  LOOP
+    EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
+  END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.drop_capture_triggers(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name_ref regclass, external_id_name text, full_row boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- The snapshot prints rows exactly as the capture triggers do.
+SET timezone = 'UTC'
+SET datestyle = 'ISO, YMD'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 1
+SET bytea_output = 'hex'
+AS $$
+#variable_conflict use_variable
+DECLARE
+  rel record;
+  key_attnum smallint;
+  problem text;
+  registered pg2kafka.tracked_tables;
+  qualified text;
+  snapshot_count bigint;
+BEGIN
+  IF table_name_ref IS NULL OR external_id_name IS NULL OR full_row IS NULL THEN
+    RAISE EXCEPTION 'pg2kafka.setup(table, external_id_column [, full_row]) needs all of its arguments'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pg2kafka.setup() must run in a READ COMMITTED transaction, not %',
+      upper(current_setting('transaction_isolation'))
+      USING ERRCODE = 'invalid_transaction_state',
+            HINT = 'Its snapshot would miss rows committed while it waits for the table lock. Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction.';
+  END IF;
+
+  SELECT c.oid, c.relkind, c.relpersistence, c.relispartition, n.nspname, c.relname
+  INTO rel
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = table_name_ref;
+  qualified := format('%I.%I', rel.nspname, rel.relname);
+
+  IF rel.relkind NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION '% is %, not a table: pg2kafka can capture only plain or partitioned tables',
+      qualified,
+      CASE rel.relkind
+        WHEN 'v' THEN 'a view' WHEN 'm' THEN 'a materialized view' WHEN 'f' THEN 'a foreign table'
+        WHEN 'S' THEN 'a sequence' WHEN 'i' THEN 'an index' WHEN 'I' THEN 'a partitioned index'
+        WHEN 'c' THEN 'a composite type' WHEN 't' THEN 'a TOAST table' ELSE 'of kind ' || rel.relkind::text
+      END
+      USING ERRCODE = 'wrong_object_type';
+  END IF;
+  IF rel.relpersistence = 't' THEN
+    RAISE EXCEPTION '% is a temporary table: pg2kafka can capture only tables all sessions see', qualified
+      USING ERRCODE = 'wrong_object_type';
+  END IF;
+  IF rel.relispartition THEN
+    RAISE EXCEPTION '% is a partition: set up its partitioned table instead (events name that table)', qualified
+      USING ERRCODE = 'wrong_object_type',
+            HINT = format('SELECT pg2kafka.setup(%L, %L);', pg_partition_root(table_name_ref)::text, external_id_name);
+  END IF;
+  IF rel.nspname = 'pg2kafka' THEN
+    RAISE EXCEPTION 'pg2kafka does not capture its own tables (%)', qualified
+      USING ERRCODE = 'wrong_object_type';
+  END IF;
+
+  SELECT a.attnum INTO key_attnum
+  FROM pg_attribute a
+  WHERE a.attrelid = table_name_ref AND a.attname = external_id_name AND a.attnum > 0 AND NOT a.attisdropped;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'column "%" does not exist in table %', external_id_name, qualified
+      USING ERRCODE = 'undefined_column',
+            HINT = 'The second argument names the column whose value becomes the Kafka message key, for example the primary key.';
+  END IF;
+
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref;
+  IF FOUND AND registered.capturing THEN
+    RAISE WARNING 'pg2kafka: % is already set up (external id column "%"); nothing was changed',
+      qualified, registered.external_id_column
+      USING HINT = format('To change its settings, call pg2kafka.teardown(%L) first.', qualified);
+    RETURN;
+  END IF;
+  IF FOUND AND (registered.external_id_column <> external_id_name OR registered.full_row <> full_row)
+     AND EXISTS (SELECT 1 FROM pg2kafka.captured_changes q WHERE q.table_oid = table_name_ref) THEN
+    RAISE EXCEPTION 'pg2kafka: % still has queued events captured with external id column "%"%',
+      qualified, registered.external_id_column, CASE WHEN registered.full_row THEN ' in full-row mode' ELSE '' END
+      USING ERRCODE = 'object_in_use',
+            HINT = 'Let the relay ship them first (pg2kafka status shows the queue), then call setup again.';
+  END IF;
+
+  problem := pg2kafka.key_column_problem(table_name_ref, key_attnum);
+  IF problem IS NOT NULL THEN
+    RAISE WARNING 'pg2kafka: external id column "%" of % is not a unique NOT NULL column (%)',
+      external_id_name, qualified, problem
+      USING HINT = 'Per-key event order holds only when the external id identifies one row; prefer the primary key.';
+  END IF;
+
+  PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
+
+  PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
+    table_name_ref, table_name_ref::oid);
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
+    table_name_ref, table_name_ref::oid);
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
+    table_name_ref, table_name_ref::oid);
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
+    table_name_ref, table_name_ref::oid);
+
+  EXECUTE format(
+    'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_jsonb(t) FROM %s t',
+    table_name_ref::oid, 'SNAPSHOT', table_name_ref);
+  GET DIAGNOSTICS snapshot_count = ROW_COUNT;
+
+  INSERT INTO pg2kafka.tracked_tables AS t
+    (table_oid, schema_name, table_name, external_id_column, full_row, capturing, snapshot_rows)
+  VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, full_row, true, snapshot_count)
+  ON CONFLICT (table_oid) DO UPDATE SET
+    schema_name = excluded.schema_name, table_name = excluded.table_name,
+    external_id_column = excluded.external_id_column, full_row = excluded.full_row,
+    capturing = true, snapshot_rows = excluded.snapshot_rows, set_up_at = now(), torn_down_at = NULL;
+
+  RAISE NOTICE 'pg2kafka: capturing %, % existing row(s) queued as SNAPSHOT events', qualified, snapshot_count;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.setup(regclass, text, boolean) FROM PUBLIC;
+
+-- Stops capturing; events already queued stay and are still shipped. DROP TRIGGER needs
+-- ACCESS EXCLUSIVE for an instant, requested with the same short, retried timeout.
+CREATE OR REPLACE FUNCTION pg2kafka.teardown(table_name_ref regclass)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  registered pg2kafka.tracked_tables;
+BEGIN
+  IF table_name_ref IS NULL THEN
+    RAISE EXCEPTION 'pg2kafka.teardown(table) needs a table' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref AND t.capturing;
+  IF NOT FOUND THEN
+    RAISE WARNING 'pg2kafka: % is not set up; nothing was changed', table_name_ref;
+    RETURN;
+  END IF;
+  PERFORM pg2kafka.lock_table(table_name_ref, 'ACCESS EXCLUSIVE');
+  PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
+  UPDATE pg2kafka.tracked_tables t SET capturing = false, torn_down_at = now() WHERE t.table_oid = table_name_ref;
+  RAISE NOTICE 'pg2kafka: stopped capturing %; its queued events will still be shipped', table_name_ref;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.teardown(regclass) FROM PUBLIC;

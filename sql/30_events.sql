@@ -1,0 +1,90 @@
+-- Events: what a captured change means, derived when it is read rather than when it is
+-- written (the writer paid only for the raw row images, see sql/10_capture_triggers.sql).
+--
+-- pg2kafka.outbound_event_queue keeps the original pg2kafka's name and columns (uuid,
+-- external_id, table_name, statement, data, created_at, processed), so queries written
+-- for it keep working; its rows live in pg2kafka.captured_changes. The relay reads this
+-- view, so the meaning of an event is defined once, here:
+--   SNAPSHOT, INSERT   data = the full row
+--   UPDATE             data = only the columns whose value changed (the full new row
+--                      for a table set up in full-row mode)
+--   DELETE             data = {} (the full old row in full-row mode)
+--   TRUNCATE           data = {}, external_id NULL
+-- An UPDATE that changed the external id becomes two events with the same id: part 0, a
+-- DELETE of the old key, and part 1, an INSERT of the full row under the new key, so
+-- each key's history stays on its own partition. Order events by (id, part).
+--
+-- external_id is the key column's value as JSON text, printed with the settings pinned
+-- by the triggers: strings and numbers exactly, timestamps as ISO 8601 in UTC.
+-- uuid is a name-based (version 3, RFC 4122) uuid of the install's event_namespace and
+-- "<id>" (or "<id>:old-key" for a DELETE half): stable across re-reads and re-sends,
+-- so consumers can drop duplicates, and unique across reinstalls.
+
+-- RFC 4122 version 3 uuid of `name` in `namespace`: md5(namespace bytes || name bytes),
+-- with the version and variant bits set.
+CREATE OR REPLACE FUNCTION pg2kafka.name_uuid(namespace uuid, name text)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT (substr(h, 1, 12) || '3' || substr(h, 14, 3)
+          || substr('89ab', (('x' || substr(h, 17, 1))::bit(4)::int & 3) + 1, 1)
+          || substr(h, 18))::uuid
+  FROM (SELECT md5(uuid_send(namespace) || convert_to(name, 'UTF8')) AS h) AS digest
+$$;
+
+-- The top-level keys of `new_row` whose values differ from `old_row`.
+CREATE OR REPLACE FUNCTION pg2kafka.changed_columns(old_row jsonb, new_row jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}'::jsonb)
+  FROM jsonb_each(new_row) AS n
+  WHERE (old_row -> n.key) IS DISTINCT FROM n.value
+$$;
+
+CREATE OR REPLACE VIEW pg2kafka.outbound_event_queue AS
+SELECT
+  c.id,
+  pg2kafka.name_uuid(s.namespace, c.id::text || e.name_suffix) AS uuid,
+  e.external_id,
+  coalesce(cl.relname::text, t.table_name) AS table_name,
+  e.statement,
+  e.data,
+  c.created_at,
+  false AS processed,
+  coalesce(ns.nspname::text, t.schema_name) AS schema_name,
+  c.table_oid,
+  e.part
+FROM pg2kafka.captured_changes AS c
+JOIN pg2kafka.tracked_tables AS t ON t.table_oid = c.table_oid
+LEFT JOIN pg_catalog.pg_class AS cl ON cl.oid = c.table_oid
+LEFT JOIN pg_catalog.pg_namespace AS ns ON ns.oid = cl.relnamespace
+CROSS JOIN (
+  SELECT value::uuid AS namespace FROM pg2kafka.settings WHERE name = 'event_namespace'
+) AS s
+CROSS JOIN LATERAL (
+  SELECT c.old_row ->> t.external_id_column AS old_key,
+         c.new_row ->> t.external_id_column AS new_key
+) AS k
+CROSS JOIN LATERAL (
+  SELECT 0 AS part, ':old-key' AS name_suffix, k.old_key AS external_id, 'DELETE' AS statement,
+         CASE WHEN t.full_row THEN c.old_row ELSE '{}'::jsonb END AS data
+  WHERE c.statement = 'UPDATE' AND k.old_key IS DISTINCT FROM k.new_key
+  UNION ALL
+  SELECT 1, '',
+         CASE c.statement WHEN 'DELETE' THEN k.old_key WHEN 'TRUNCATE' THEN NULL ELSE k.new_key END,
+         CASE WHEN c.statement = 'UPDATE' AND k.old_key IS DISTINCT FROM k.new_key THEN 'INSERT'
+              ELSE c.statement END,
+         CASE
+           WHEN c.statement IN ('SNAPSHOT', 'INSERT') THEN c.new_row
+           WHEN c.statement = 'UPDATE' AND (t.full_row OR k.old_key IS DISTINCT FROM k.new_key) THEN c.new_row
+           WHEN c.statement = 'UPDATE' THEN pg2kafka.changed_columns(c.old_row, c.new_row)
+           WHEN c.statement = 'DELETE' AND t.full_row THEN c.old_row
+           ELSE '{}'::jsonb
+         END
+) AS e;
+
+COMMENT ON VIEW pg2kafka.outbound_event_queue IS
+  'Queued events in the original pg2kafka''s columns; rows live in pg2kafka.captured_changes and are deleted once shipped. Order by (id, part).';

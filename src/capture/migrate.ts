@@ -1,0 +1,98 @@
+/**
+ * Installs or upgrades the pg2kafka schema.
+ *
+ * Two kinds of SQL, applied in this order, each safe when several processes migrate at
+ * once and a no-op when nothing changed:
+ * 1. `migrations/NNNN_*.sql`: versioned, applied once each by node-pg-migrate (history in
+ *    `pg2kafka.migrations`), never edited once released. Tables and data changes go here.
+ * 2. `sql/NN_*.sql`: repeatable `CREATE OR REPLACE` scripts for functions, triggers
+ *    functions and views, applied in file order in one transaction whenever their
+ *    combined sha256 differs from the one recorded in `pg2kafka.settings`. Edit them in
+ *    place; they must stay re-runnable and must only depend on what migrations created.
+ *
+ * Concurrency: node-pg-migrate holds a session advisory lock (waiting, not failing)
+ * while it migrates; the repeatable step runs under a transaction advisory lock.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runner } from 'node-pg-migrate';
+import postgres from 'postgres';
+import { packageRoot } from '../package-root.ts';
+
+/** Advisory lock keys: "pg2kaf" in ASCII, and the next one for the repeatable step. */
+const MIGRATION_LOCK = 0x7067326b6166;
+const REPEATABLE_LOCK = MIGRATION_LOCK + 1;
+
+export interface MigrateResult {
+  /** Versioned migrations applied by this run. */
+  migrations: string[];
+  /** Whether the repeatable scripts were (re)applied. */
+  functionsUpdated: boolean;
+}
+
+export interface MigrateOptions {
+  databaseUrl: string;
+  log?: (message: string) => void;
+}
+
+interface RepeatableScripts {
+  files: Array<{ name: string; text: string }>;
+  sha256: string;
+}
+
+function readRepeatableScripts(): RepeatableScripts {
+  const dir = join(packageRoot, 'sql');
+  const names = readdirSync(dir)
+    .filter((n) => n.endsWith('.sql'))
+    .sort();
+  const hash = createHash('sha256');
+  const files = names.map((name) => {
+    const text = readFileSync(join(dir, name), 'utf8');
+    hash.update(name).update('\0').update(text).update('\0');
+    return { name, text };
+  });
+  return { files, sha256: hash.digest('hex') };
+}
+
+export async function migrate({
+  databaseUrl,
+  log = () => undefined,
+}: MigrateOptions): Promise<MigrateResult> {
+  const applied = await runner({
+    databaseUrl,
+    dir: join(packageRoot, 'migrations'),
+    direction: 'up',
+    count: Infinity,
+    migrationsTable: 'migrations',
+    migrationsSchema: 'pg2kafka',
+    createMigrationsSchema: true,
+    singleTransaction: true,
+    checkOrder: true,
+    lockValue: MIGRATION_LOCK,
+    advisoryLockMode: 'wait',
+    log,
+  });
+
+  const scripts = readRepeatableScripts();
+  const sql = postgres(databaseUrl, { max: 1, onnotice: () => undefined });
+  try {
+    const functionsUpdated = await sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(${REPEATABLE_LOCK})`;
+      const [current] = await tx<{ value: string }[]>`
+        select value from pg2kafka.settings where name = 'sql_sha256'`;
+      if (current?.value === scripts.sha256) return false;
+      for (const file of scripts.files) {
+        log(`applying sql/${file.name}`);
+        await tx.unsafe(file.text);
+      }
+      await tx`
+        insert into pg2kafka.settings (name, value) values ('sql_sha256', ${scripts.sha256})
+        on conflict (name) do update set value = excluded.value`;
+      return true;
+    });
+    return { migrations: applied.map((m) => m.name), functionsUpdated };
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}

@@ -1,0 +1,62 @@
+/** Helpers for tests of the capture SQL: migrate the file's database, read the queue. */
+import { migrate } from '../../src/capture/migrate.ts';
+import type { Sql, TestDatabase } from '../helpers.ts';
+
+export async function migrated(db: TestDatabase): Promise<void> {
+  await migrate({ databaseUrl: db.url });
+}
+
+export interface QueuedEvent {
+  id: string;
+  part: number;
+  uuid: string;
+  external_id: string | null;
+  schema_name: string;
+  table_name: string;
+  statement: string;
+  data: Record<string, unknown>;
+  /** `data` as PostgreSQL prints it, for exact comparisons of numbers. */
+  data_text: string;
+  created_at: Date;
+}
+
+/** The queued events of one table (or all), in shipping order. */
+export async function queuedEvents(sql: Sql, table?: string): Promise<QueuedEvent[]> {
+  const rows = await sql<QueuedEvent[]>`
+    select id::text, part, uuid::text, external_id, schema_name, table_name, statement, data,
+           data::text as data_text, created_at
+    from pg2kafka.outbound_event_queue
+    where ${table === undefined ? sql`true` : sql`table_oid = ${table}::regclass`}
+    order by id, part`;
+  return rows.map((r) => ({ ...r }));
+}
+
+/** The (statement, external_id, data) triples of the queue: what most tests assert. */
+export async function queuedChanges(
+  sql: Sql,
+  table?: string,
+): Promise<Array<[string, string | null, Record<string, unknown>]>> {
+  return (await queuedEvents(sql, table)).map((e) => [e.statement, e.external_id, e.data]);
+}
+
+export async function clearQueue(sql: Sql): Promise<void> {
+  await sql`delete from pg2kafka.captured_changes`;
+}
+
+/** Collects the NOTICE/WARNING messages a statement raises. */
+export function collectNotices(): {
+  notices: Array<{ severity: string; message: string; hint?: string }>;
+  onnotice: (notice: { severity?: string; message?: string; hint?: string }) => void;
+} {
+  const notices: Array<{ severity: string; message: string; hint?: string }> = [];
+  return {
+    notices,
+    onnotice: (notice) => {
+      notices.push({
+        severity: notice.severity ?? '',
+        message: notice.message ?? '',
+        ...(notice.hint === undefined ? {} : { hint: notice.hint }),
+      });
+    },
+  };
+}
