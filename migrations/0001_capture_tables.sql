@@ -14,7 +14,10 @@ CREATE TABLE pg2kafka.settings (
   value text NOT NULL
 );
 INSERT INTO pg2kafka.settings (name, value)
-VALUES ('event_namespace', md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)::uuid::text);
+SELECT 'event_namespace',
+       -- random, shaped as a version 4 uuid (gen_random_uuid() needs PostgreSQL 13)
+       overlay(overlay(md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
+                       placing '4' from 13) placing '8' from 17)::uuid::text;
 
 -- One row per table ever set up, kept after teardown so that events still queued for it
 -- can be shipped. Current schema and table names are read from pg_class by oid, so a

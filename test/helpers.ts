@@ -103,6 +103,11 @@ export interface TestDatabase {
   readonly url: string;
   /** A connection pool on the test database, closed after the file. */
   readonly sql: Sql;
+  /**
+   * Resolves once the database exists. Node 20 runs a file's top-level `before` hooks
+   * concurrently, so a hook that needs the database awaits this first.
+   */
+  readonly ready: Promise<void>;
   /** Opens another pool on the test database, tracked by the leak check. */
   connect(options?: postgres.Options<Record<string, postgres.PostgresType>>): Sql;
 }
@@ -122,6 +127,9 @@ export function useTestDatabase(): TestDatabase {
   const resources = new OpenResources();
   let pool: Sql | undefined;
   let connections = 0;
+  const ready = deferred();
+  // Without a test that awaits it, a failed creation must not become an unhandled rejection.
+  ready.promise.catch(() => undefined);
 
   const connect: TestDatabase['connect'] = (options) => {
     connections += 1;
@@ -135,10 +143,14 @@ export function useTestDatabase(): TestDatabase {
     const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
     try {
       await admin.unsafe(`create database "${name}"`);
+      pool = postgres(url, { onnotice: () => undefined });
+      ready.resolve();
+    } catch (error) {
+      ready.reject(error);
+      throw error;
     } finally {
       await admin.end({ timeout: 5 });
     }
-    pool = postgres(url, { onnotice: () => undefined });
   });
 
   after(async () => {
@@ -156,6 +168,7 @@ export function useTestDatabase(): TestDatabase {
   return {
     name,
     url,
+    ready: ready.promise,
     get sql(): Sql {
       if (!pool) throw new Error('the test database is ready only inside tests and hooks');
       return pool;

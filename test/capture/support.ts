@@ -2,7 +2,9 @@
 import { migrate } from '../../src/capture/migrate.ts';
 import type { Sql, TestDatabase } from '../helpers.ts';
 
+/** Migrates the file's database; call it from a `before` hook. */
 export async function migrated(db: TestDatabase): Promise<void> {
+  await db.ready;
   await migrate({ databaseUrl: db.url });
 }
 
@@ -27,7 +29,7 @@ export async function queuedEvents(sql: Sql, table?: string): Promise<QueuedEven
            data::text as data_text, created_at
     from pg2kafka.outbound_event_queue
     where ${table === undefined ? sql`true` : sql`table_oid = ${table}::regclass`}
-    order by id, part`;
+    order by outbound_event_queue.id, part`;
   return rows.map((r) => ({ ...r }));
 }
 

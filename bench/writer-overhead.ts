@@ -1,0 +1,186 @@
+/**
+ * Writer overhead of the capture trigger: single-row INSERT and UPDATE throughput on a
+ * 100k-row table with the trigger vs an identical table without it, measured with pgbench
+ * in one run, alternating the two sides round by round (this machine is shared and noisy,
+ * so each side gets the same conditions on average). Reports medians and the spread of
+ * the per-round ratios.
+ *
+ *   npm run bench:writers [-- --quick] [-- --rounds N --seconds S]
+ *
+ * Needs pgbench on the PATH and DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
+ * as an admin connection: it creates and drops its own database.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { migrate } from '../src/capture/migrate.ts';
+
+interface Case {
+  name: string;
+  op: 'insert' | 'update';
+  clients: number;
+  synchronousCommit: 'on' | 'off';
+  target?: number;
+}
+
+const CASES: Case[] = [
+  {
+    name: 'INSERT, 16 writers, sync commit on',
+    op: 'insert',
+    clients: 16,
+    synchronousCommit: 'on',
+    target: 0.8,
+  },
+  {
+    name: 'UPDATE, 16 writers, sync commit on',
+    op: 'update',
+    clients: 16,
+    synchronousCommit: 'on',
+    target: 0.7,
+  },
+  {
+    name: 'INSERT, 2 writers, sync commit off',
+    op: 'insert',
+    clients: 2,
+    synchronousCommit: 'off',
+  },
+  {
+    name: 'UPDATE, 2 writers, sync commit off',
+    op: 'update',
+    clients: 2,
+    synchronousCommit: 'off',
+  },
+];
+
+const ROWS = 100_000;
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  const value = i >= 0 ? Number(process.argv[i + 1]) : fallback;
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} needs a positive number`);
+  return value;
+}
+
+const quick = process.argv.includes('--quick');
+const rounds = arg('rounds', quick ? 2 : 5);
+const seconds = arg('seconds', quick ? 4 : 10);
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
+}
+
+function pgbench(url: string, script: string, c: Case): number {
+  const result = spawnSync(
+    'pgbench',
+    [
+      '-n',
+      '-c',
+      String(c.clients),
+      '-j',
+      String(Math.min(c.clients, 2)),
+      '-T',
+      String(seconds),
+      '-f',
+      script,
+      url,
+    ],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, PGOPTIONS: `-c synchronous_commit=${c.synchronousCommit}` },
+    },
+  );
+  const tps = /tps = ([\d.]+)/.exec(result.stdout)?.[1];
+  if (result.status !== 0 || tps === undefined) {
+    throw new Error(
+      `pgbench failed (exit ${String(result.status)}):\n${result.stdout}${result.stderr}`,
+    );
+  }
+  return Number(tps);
+}
+
+async function main(): Promise<void> {
+  const adminUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+  const dbName = `pg2kafka_bench_${process.pid}`;
+  const url = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
+  const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
+  await admin.unsafe(`create database "${dbName}"`);
+  const sql = postgres(url, { max: 1, onnotice: () => undefined });
+  try {
+    await migrate({ databaseUrl: url });
+    for (const table of ['plain', 'tracked']) {
+      await sql.unsafe(`
+        create table ${table} (
+          id bigserial primary key, sku text not null unique, name text not null,
+          description text, price numeric(12, 2), qty int not null, updated_at timestamptz not null default now());
+        insert into ${table} (sku, name, description, price, qty)
+        select 'SKU-' || g, 'Product ' || g, repeat('lorem ipsum ', 8), g % 1000 + 0.99, g % 50
+        from generate_series(1, ${ROWS}) g;`);
+      await sql.unsafe(`vacuum analyze ${table}`);
+    }
+    await sql`select pg2kafka.setup('tracked', 'sku')`;
+
+    const scripts: Record<string, string> = {};
+    for (const table of ['plain', 'tracked']) {
+      scripts[`insert-${table}`] = join(work, `insert-${table}.sql`);
+      writeFileSync(
+        scripts[`insert-${table}`] ?? '',
+        `insert into ${table} (sku, name, description, price, qty) values ('N-' || :client_id || '-' || random(), 'Big Red Coffee Mug', 'A mug', 9.99, 3);\n`,
+      );
+      scripts[`update-${table}`] = join(work, `update-${table}.sql`);
+      writeFileSync(
+        scripts[`update-${table}`] ?? '',
+        `\\set id random(1, ${ROWS})\nupdate ${table} set qty = qty + 1 where id = :id;\n`,
+      );
+    }
+
+    process.stderr.write(`writer overhead: ${rounds} rounds x ${seconds} s per side and case\n`);
+    const report = [];
+    for (const c of CASES) {
+      const plain: number[] = [];
+      const tracked: number[] = [];
+      for (let round = 0; round < rounds; round += 1) {
+        // Alternate which side goes first, so neither always runs on a warmer cache.
+        const order = round % 2 === 0 ? ['plain', 'tracked'] : ['tracked', 'plain'];
+        for (const side of order) {
+          await sql`delete from pg2kafka.captured_changes`;
+          await sql`checkpoint`;
+          const tps = pgbench(url, scripts[`${c.op}-${side}`] ?? '', c);
+          (side === 'plain' ? plain : tracked).push(tps);
+        }
+        process.stderr.write(
+          `  ${c.name} round ${round + 1}: plain ${plain.at(-1)?.toFixed(0)} tps, tracked ${tracked.at(-1)?.toFixed(0)} tps\n`,
+        );
+      }
+      const ratios = plain.map((p, i) => (tracked[i] ?? 0) / p);
+      report.push({
+        case: c.name,
+        plainTps: Math.round(median(plain)),
+        trackedTps: Math.round(median(tracked)),
+        ratio: Number((median(tracked) / median(plain)).toFixed(2)),
+        ratioSpread: [
+          Number(Math.min(...ratios).toFixed(2)),
+          Number(Math.max(...ratios).toFixed(2)),
+        ],
+        target: c.target ?? null,
+      });
+    }
+    console.table(report);
+  } finally {
+    await sql.end({ timeout: 5 });
+    await admin.unsafe(`drop database if exists "${dbName}" with (force)`);
+    await admin.end({ timeout: 5 });
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});
