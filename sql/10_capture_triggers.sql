@@ -7,7 +7,9 @@
 -- Everything else is derived when the relay reads (sql/30_events.sql): the external id
 -- (a key lookup in the jsonb), the UPDATE diff, the key-change split, the schema and
 -- table names, the event uuid. Unchanged UPDATEs never reach plpgsql: the trigger's
--- WHEN (OLD.* IS DISTINCT FROM NEW.*) is evaluated in C.
+-- WHEN (OLD.* *<> NEW.*) is evaluated in C. It compares stored bytes, not values through
+-- each type's equality: that works for types without one (json, xml, point) and sees
+-- changes that equality hides (numeric 1.5 -> 1.50, a citext case change).
 --
 -- One function per operation, so no function branches on TG_OP. TG_ARGV[0] is the oid of
 -- the table that was set up: for a partitioned table, row triggers are cloned onto every

@@ -108,7 +108,7 @@ BEGIN
     RAISE EXCEPTION 'pg2kafka.setup() must run in a READ COMMITTED transaction, not %',
       upper(current_setting('transaction_isolation'))
       USING ERRCODE = 'invalid_transaction_state',
-            HINT = 'Its snapshot would miss rows committed while it waits for the table lock. Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction.';
+            HINT = 'Its snapshot would miss rows committed while it waits for the table lock. Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction, with default_transaction_isolation = ''read committed''.';
   END IF;
 
   SELECT c.oid, c.relkind, c.relpersistence, c.relispartition, n.nspname, c.relname
@@ -179,7 +179,7 @@ BEGIN
     'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
+    'CREATE TRIGGER pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
     'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',

@@ -33,7 +33,9 @@ AS $$
   FROM (SELECT md5(uuid_send(namespace) || convert_to(name, 'UTF8')) AS h) AS digest
 $$;
 
--- The top-level keys of `new_row` whose values differ from `old_row`.
+-- The top-level keys of `new_row` whose values print differently from `old_row`.
+-- Compared as text, like the trigger's byte-wise WHEN: jsonb equality would call
+-- 1.5 and 1.50 equal and drop a change the trigger saw.
 CREATE OR REPLACE FUNCTION pg2kafka.changed_columns(old_row jsonb, new_row jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -41,7 +43,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}'::jsonb)
   FROM jsonb_each(new_row) AS n
-  WHERE (old_row -> n.key) IS DISTINCT FROM n.value
+  WHERE (old_row -> n.key)::text IS DISTINCT FROM n.value::text
 $$;
 
 CREATE OR REPLACE VIEW pg2kafka.outbound_event_queue AS

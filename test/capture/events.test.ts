@@ -60,6 +60,22 @@ test('INSERT carries the full row; UPDATE only changed columns; a no-op UPDATE n
   ]);
 });
 
+test('an UPDATE that equality calls a no-op but that prints differently is captured', async () => {
+  await db.sql`create table prices (id int primary key, price numeric)`;
+  await db.sql`insert into prices values (1, 1.5)`;
+  await db.sql`select pg2kafka.setup('prices', 'id')`;
+  await db.sql`update prices set price = 1.50 where id = 1`;
+  await db.sql`update prices set price = 1.50 where id = 1`;
+  const events = await queuedEvents(db.sql, 'prices');
+  assert.deepEqual(
+    events.map((e) => [e.statement, e.data_text]),
+    [
+      ['SNAPSHOT', '{"id": 1, "price": 1.5}'],
+      ['UPDATE', '{"price": 1.50}'],
+    ],
+  );
+});
+
 test('a multi-row statement queues one event per row, in statement order', async () => {
   await db.sql`create table bulk (id int primary key, v int)`;
   await db.sql`select pg2kafka.setup('bulk', 'id')`;
