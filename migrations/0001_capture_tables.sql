@@ -47,8 +47,10 @@ CREATE TABLE pg2kafka.captured_changes (
   id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
   table_oid oid NOT NULL,
   statement text NOT NULL,
-  new_row jsonb,
-  old_row jsonb,
+  -- json, not jsonb: the writer only prints the row; parsing it into jsonb is left to
+  -- the reader (measured: a fifth to a third less trigger time per row).
+  new_row json,
+  old_row json,
   created_at timestamptz NOT NULL DEFAULT now()
 ) WITH (
   -- A queue with constant insert/delete churn: vacuum by row count, not by a fraction of

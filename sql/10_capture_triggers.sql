@@ -2,8 +2,9 @@
 --
 -- Cost is the design constraint here: every expression below is paid per written row,
 -- by the application, at its commit rate. So the triggers store raw row images only:
---   (registered table oid, statement, to_jsonb(NEW) and/or to_jsonb(OLD)), and the
---   identity id and now() defaults of the queue table.
+--   (registered table oid, statement, to_json(NEW) and/or to_json(OLD)), and the
+--   identity id and now() defaults of the queue table. json rather than jsonb: printing
+--   a row is cheaper than building jsonb from it, and the reader converts.
 -- Everything else is derived when the relay reads (sql/30_events.sql): the external id
 -- (a key lookup in the jsonb), the UPDATE diff, the key-change split, the schema and
 -- table names, the event uuid. Unchanged UPDATEs never reach plpgsql: the trigger's
@@ -40,7 +41,7 @@ SET bytea_output = 'hex'
 AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
-  VALUES (TG_ARGV[0]::oid, 'INSERT', to_jsonb(NEW));
+  VALUES (TG_ARGV[0]::oid, 'INSERT', to_json(NEW));
   RETURN NULL;
 END
 $$;
@@ -56,7 +57,7 @@ SET bytea_output = 'hex'
 AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row, old_row)
-  VALUES (TG_ARGV[0]::oid, 'UPDATE', to_jsonb(NEW), to_jsonb(OLD));
+  VALUES (TG_ARGV[0]::oid, 'UPDATE', to_json(NEW), to_json(OLD));
   RETURN NULL;
 END
 $$;
@@ -72,7 +73,7 @@ SET bytea_output = 'hex'
 AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, old_row)
-  VALUES (TG_ARGV[0]::oid, 'DELETE', to_jsonb(OLD));
+  VALUES (TG_ARGV[0]::oid, 'DELETE', to_json(OLD));
   RETURN NULL;
 END
 $$;

@@ -189,7 +189,7 @@ BEGIN
     table_name_ref, table_name_ref::oid);
 
   EXECUTE format(
-    'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_jsonb(t) FROM %s t',
+    'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
     table_name_ref::oid, 'SNAPSHOT', table_name_ref);
   GET DIAGNOSTICS snapshot_count = ROW_COUNT;
 

@@ -67,12 +67,15 @@ CROSS JOIN (
   SELECT value::uuid AS namespace FROM pg2kafka.settings WHERE name = 'event_namespace'
 ) AS s
 CROSS JOIN LATERAL (
-  SELECT c.old_row ->> t.external_id_column AS old_key,
-         c.new_row ->> t.external_id_column AS new_key
+  SELECT c.old_row::jsonb AS old_row, c.new_row::jsonb AS new_row
+) AS r
+CROSS JOIN LATERAL (
+  SELECT r.old_row ->> t.external_id_column AS old_key,
+         r.new_row ->> t.external_id_column AS new_key
 ) AS k
 CROSS JOIN LATERAL (
   SELECT 0 AS part, ':old-key' AS name_suffix, k.old_key AS external_id, 'DELETE' AS statement,
-         CASE WHEN t.full_row THEN c.old_row ELSE '{}'::jsonb END AS data
+         CASE WHEN t.full_row THEN r.old_row ELSE '{}'::jsonb END AS data
   WHERE c.statement = 'UPDATE' AND k.old_key IS DISTINCT FROM k.new_key
   UNION ALL
   SELECT 1, '',
@@ -80,10 +83,10 @@ CROSS JOIN LATERAL (
          CASE WHEN c.statement = 'UPDATE' AND k.old_key IS DISTINCT FROM k.new_key THEN 'INSERT'
               ELSE c.statement END,
          CASE
-           WHEN c.statement IN ('SNAPSHOT', 'INSERT') THEN c.new_row
-           WHEN c.statement = 'UPDATE' AND (t.full_row OR k.old_key IS DISTINCT FROM k.new_key) THEN c.new_row
-           WHEN c.statement = 'UPDATE' THEN pg2kafka.changed_columns(c.old_row, c.new_row)
-           WHEN c.statement = 'DELETE' AND t.full_row THEN c.old_row
+           WHEN c.statement IN ('SNAPSHOT', 'INSERT') THEN r.new_row
+           WHEN c.statement = 'UPDATE' AND (t.full_row OR k.old_key IS DISTINCT FROM k.new_key) THEN r.new_row
+           WHEN c.statement = 'UPDATE' THEN pg2kafka.changed_columns(r.old_row, r.new_row)
+           WHEN c.statement = 'DELETE' AND t.full_row THEN r.old_row
            ELSE '{}'::jsonb
          END
 ) AS e;
