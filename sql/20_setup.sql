@@ -72,7 +72,7 @@ DECLARE
 BEGIN
   FOR trigger_name IN
     SELECT tgname FROM pg_trigger
-    WHERE tgrelid = tbl AND tgname IN ('pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate')
+    WHERE tgrelid = tbl AND tgname IN ('pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate', 'pg2kafka_wake')
   LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
   END LOOP;
@@ -187,6 +187,10 @@ BEGIN
   EXECUTE format(
     'CREATE TRIGGER pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
     table_name_ref, table_name_ref::oid);
+  -- Once per statement, after the row triggers: wakes an idle relay (sql/15_wake.sql).
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
+    table_name_ref);
 
   EXECUTE format(
     'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',

@@ -187,8 +187,15 @@ export interface TestKafka {
   /**
    * Reads `count` messages from the start of `topic` with a real consumer group, then
    * disconnects. Fails with what it got so far if they do not arrive within `timeoutMs`.
+   * With `settleMs`, keeps listening that long after the count is reached, so that extra
+   * messages show up in the result (and fail an exact comparison).
    */
-  consume(topic: string, count: number, timeoutMs?: number): Promise<ConsumedMessage[]>;
+  consume(
+    topic: string,
+    count: number,
+    timeoutMs?: number,
+    settleMs?: number,
+  ): Promise<ConsumedMessage[]>;
 }
 
 export interface ConsumedMessage {
@@ -265,6 +272,7 @@ export function useKafka(): TestKafka {
     topic: string,
     count: number,
     timeoutMs = 30_000,
+    settleMs = 0,
   ): Promise<ConsumedMessage[]> => {
     const consumer: Consumer = kafka.consumer({
       groupId: uniqueName('pg2kafka-test-group'),
@@ -274,6 +282,17 @@ export function useKafka(): TestKafka {
     const received: ConsumedMessage[] = [];
     const done = deferred();
     try {
+      // The code under test creates its topics: wait for it rather than fail at once.
+      const probe = await admin();
+      try {
+        await waitFor(
+          `topic ${topic} to exist`,
+          async () => (await probe.listTopics()).includes(topic),
+          timeoutMs,
+        );
+      } finally {
+        await probe.disconnect();
+      }
       await consumer.connect();
       await consumer.subscribe({ topics: [topic], fromBeginning: true });
       await consumer.run({
@@ -295,7 +314,8 @@ export function useKafka(): TestKafka {
       } finally {
         clearTimeout(timer);
       }
-      return received;
+      if (settleMs > 0) await sleep(settleMs);
+      return [...received];
     } finally {
       await disconnect();
     }

@@ -234,7 +234,7 @@ test('setup twice warns and neither doubles the trigger nor the snapshot', async
   ]);
   const [triggers] = await db.sql<{ n: number }[]>`
     select count(*)::int as n from pg_trigger where tgrelid = 'twice'::regclass and not tgisinternal`;
-  assert.equal(triggers?.n, 4);
+  assert.equal(triggers?.n, 5);
 });
 
 test('a renamed table keeps capturing and its events follow the new name', async () => {

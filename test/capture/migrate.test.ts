@@ -23,7 +23,10 @@ async function schemaObjects(): Promise<string[]> {
 
 test('migrate installs the schema on an empty database, then is a no-op', async () => {
   const first = await migrate({ databaseUrl: db.url });
-  assert.deepEqual(first, { migrations: ['0001_capture_tables'], functionsUpdated: true });
+  assert.deepEqual(first, {
+    migrations: ['0001_capture_tables', '0002_relay_lease'],
+    functionsUpdated: true,
+  });
   const objects = await schemaObjects();
   for (const expected of [
     'r captured_changes',
@@ -56,9 +59,9 @@ test('two migrations at once both succeed and install once', async () => {
     migrate({ databaseUrl: db.url }),
   ]);
   const applied = results.flatMap((r) => r.migrations);
-  assert.deepEqual(applied, ['0001_capture_tables']);
+  assert.deepEqual(applied, ['0001_capture_tables', '0002_relay_lease']);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 1);
+  assert.equal(count?.n, 2);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

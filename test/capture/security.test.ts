@@ -203,7 +203,13 @@ test('the writer role cannot read or write the queue, nor call setup or teardown
 
   assert.deepEqual(await queuedChanges(db.sql, 'invoices'), queued);
   assert.deepEqual(await captureState('invoices'), {
-    triggers: ['pg2kafka_delete', 'pg2kafka_insert', 'pg2kafka_truncate', 'pg2kafka_update'],
+    triggers: [
+      'pg2kafka_delete',
+      'pg2kafka_insert',
+      'pg2kafka_truncate',
+      'pg2kafka_update',
+      'pg2kafka_wake',
+    ],
     registered: true,
   });
 });
@@ -437,7 +443,13 @@ test('setup refuses to run in a REPEATABLE READ or SERIALIZABLE transaction', as
     (tx) => tx`select pg2kafka.setup('customers', 'id')`,
   );
   assert.deepEqual(await captureState('customers'), {
-    triggers: ['pg2kafka_delete', 'pg2kafka_insert', 'pg2kafka_truncate', 'pg2kafka_update'],
+    triggers: [
+      'pg2kafka_delete',
+      'pg2kafka_insert',
+      'pg2kafka_truncate',
+      'pg2kafka_update',
+      'pg2kafka_wake',
+    ],
     registered: true,
   });
 });

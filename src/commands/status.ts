@@ -1,0 +1,98 @@
+/** `pg2kafka status`: what is tracked, how much is queued, whether a relay is active. */
+import postgres from 'postgres';
+import type { Config } from '../config.ts';
+
+export const statusHelp = `Usage: pg2kafka status [--json]
+
+Shows the tracked tables, the queue depth and the age of the oldest queued event per
+table, and whether a relay is active (and which one). --json prints the same as JSON.
+`;
+
+export interface Status {
+  relay: { active: boolean; holder: string | null; expiresInMs: number | null };
+  queue: { events: number; oldestAgeSeconds: number | null };
+  tables: Array<{
+    table: string;
+    externalIdColumn: string;
+    fullRow: boolean;
+    capturing: boolean;
+    queued: number;
+    oldestAgeSeconds: number | null;
+  }>;
+}
+
+export async function statusCommand(config: Config): Promise<Status> {
+  const sql = postgres(config.databaseUrl, {
+    max: 1,
+    connect_timeout: 10,
+    onnotice: () => undefined,
+  });
+  try {
+    const [lease] = await sql<
+      { active: boolean; holder: string | null; expires_in_ms: number | null }[]
+    >`
+      select expires_at > clock_timestamp() as active, holder,
+             case when expires_at > clock_timestamp()
+                  then (extract(epoch from expires_at - clock_timestamp()) * 1000)::int end as expires_in_ms
+      from pg2kafka.relay_lease`;
+    const tables = await sql<
+      {
+        table: string;
+        column: string;
+        full_row: boolean;
+        capturing: boolean;
+        queued: string;
+        oldest: number | null;
+      }[]
+    >`
+      select coalesce(format('%I.%I', n.nspname, c.relname), format('%I.%I', t.schema_name, t.table_name) || ' (dropped)') as table,
+             t.external_id_column as column, t.full_row, t.capturing,
+             coalesce(q.queued, 0)::text as queued, q.oldest
+      from pg2kafka.tracked_tables t
+      left join pg_class c on c.oid = t.table_oid
+      left join pg_namespace n on n.oid = c.relnamespace
+      left join (
+        select table_oid, count(*) as queued,
+               extract(epoch from clock_timestamp() - min(created_at))::float8 as oldest
+        from pg2kafka.captured_changes group by table_oid
+      ) q on q.table_oid = t.table_oid
+      where t.capturing or q.queued > 0
+      order by 1`;
+    const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
+    const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
+    return {
+      relay: {
+        active: lease?.active ?? false,
+        holder: lease?.active ? lease.holder : null,
+        expiresInMs: lease?.expires_in_ms ?? null,
+      },
+      queue: { events: queued, oldestAgeSeconds: ages.length > 0 ? Math.max(...ages) : null },
+      tables: tables.map((t) => ({
+        table: t.table,
+        externalIdColumn: t.column,
+        fullRow: t.full_row,
+        capturing: t.capturing,
+        queued: Number(t.queued),
+        oldestAgeSeconds: t.oldest,
+      })),
+    };
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+export function formatStatus(status: Status): string {
+  const lines = [
+    status.relay.active
+      ? `relay: active (${status.relay.holder ?? 'unknown'})`
+      : 'relay: none active',
+    `queue: ${status.queue.events} event(s)${status.queue.oldestAgeSeconds === null ? '' : `, oldest ${status.queue.oldestAgeSeconds.toFixed(1)} s old`}`,
+    status.tables.length === 0 ? 'tables: none set up' : 'tables:',
+    ...status.tables.map(
+      (t) =>
+        `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.capturing ? '' : ' (torn down)'}: ` +
+        `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
+    ),
+  ];
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,176 @@
+/**
+ * The Kafka side, on kafkajs: topic preparation with an admin client and ordered,
+ * acks=all sends with one producer. kafkajs retries a send a couple of times itself; the
+ * relay loop owns the longer backoff, so a broker outage never ends the process.
+ */
+import { readFileSync } from 'node:fs';
+import {
+  Kafka,
+  Partitioners,
+  logLevel as KafkaLogLevel,
+  type Admin,
+  type LogEntry,
+  type Producer,
+  type SASLOptions,
+} from 'kafkajs';
+import type { Config } from '../config.ts';
+import type { Logger } from '../logger.ts';
+import { permanentTopicProblem } from './errors.ts';
+import type { EventSink, OutboundMessage, TopicProblem } from './sink.ts';
+
+/** How long the broker may take to acknowledge a batch (acks = all). */
+const ACK_TIMEOUT_MS = 10_000;
+
+function saslOptions(config: Config): SASLOptions | undefined {
+  const { sasl } = config;
+  if (!sasl) return undefined;
+  const { username, password } = sasl;
+  switch (sasl.mechanism) {
+    case 'plain':
+      return { mechanism: 'plain', username, password };
+    case 'scram-sha-256':
+      return { mechanism: 'scram-sha-256', username, password };
+    case 'scram-sha-512':
+      return { mechanism: 'scram-sha-512', username, password };
+  }
+}
+
+/** Routes kafkajs's own log lines into pino, one level down: kafkajs is loud about retries. */
+function kafkaLogCreator(logger: Logger) {
+  return () =>
+    ({ level, log }: LogEntry): void => {
+      const { message, ...fields } = log;
+      if (level <= KafkaLogLevel.ERROR) logger.warn(fields, message);
+      else if (level === KafkaLogLevel.WARN) logger.info(fields, message);
+      else logger.debug(fields, message);
+    };
+}
+
+export function createKafka(config: Config, logger: Logger): Kafka {
+  const { tls } = config;
+  return new Kafka({
+    clientId: config.kafkaClientId,
+    brokers: config.kafkaBrokers,
+    ssl: tls && {
+      rejectUnauthorized: tls.rejectUnauthorized,
+      ...(tls.ca === undefined ? {} : { ca: [tls.ca] }),
+      ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+      ...(tls.key === undefined ? {} : { key: tls.key }),
+    },
+    sasl: saslOptions(config),
+    connectionTimeout: 3000,
+    requestTimeout: ACK_TIMEOUT_MS + 5000,
+    retry: { retries: 2, initialRetryTime: 100, maxRetryTime: 1000 },
+    logLevel: KafkaLogLevel.WARN,
+    logCreator: kafkaLogCreator(logger.child({ component: 'kafkajs' })),
+  });
+}
+
+export class KafkajsSink implements EventSink {
+  private readonly producer: Producer;
+  private readonly admin: Admin;
+  private connected = false;
+  private readonly knownTopics = new Set<string>();
+
+  constructor(
+    kafka: Kafka,
+    private readonly config: Config,
+    private readonly logger: Logger,
+  ) {
+    this.producer = kafka.producer({
+      allowAutoTopicCreation: false,
+      // Java-compatible murmur2 on the key bytes, so every client agrees on partitions.
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    this.admin = kafka.admin();
+  }
+
+  private async connect(): Promise<void> {
+    if (this.connected) return;
+    await this.admin.connect();
+    await this.producer.connect();
+    this.connected = true;
+  }
+
+  async prepareTopics(topics: string[]): Promise<TopicProblem[]> {
+    const unknown = topics.filter((t) => !this.knownTopics.has(t));
+    if (unknown.length === 0) return [];
+    await this.connect();
+    const existing = new Set(await this.admin.listTopics());
+    const missing = unknown.filter((t) => !existing.has(t));
+    for (const t of unknown) if (existing.has(t)) this.knownTopics.add(t);
+    if (missing.length === 0) return [];
+    if (!this.config.autoCreateTopics) {
+      return missing.map((topic) => ({
+        topic,
+        retriable: true,
+        reason: `topic "${topic}" does not exist and AUTO_CREATE_TOPICS=false: create it, or set AUTO_CREATE_TOPICS=true`,
+      }));
+    }
+    const problems: TopicProblem[] = [];
+    for (const topic of missing) {
+      try {
+        await this.admin.createTopics({
+          waitForLeaders: true,
+          topics: [
+            {
+              topic,
+              numPartitions: this.config.topicPartitions ?? -1,
+              replicationFactor: this.config.topicReplicationFactor ?? -1,
+            },
+          ],
+        });
+        this.logger.info({ topic }, 'created topic');
+        this.knownTopics.add(topic);
+      } catch (error) {
+        const reason = permanentTopicProblem(error);
+        if (reason === undefined) throw error;
+        problems.push({
+          topic,
+          retriable: false,
+          reason: `cannot create topic "${topic}": ${reason}`,
+        });
+      }
+    }
+    return problems;
+  }
+
+  async send(messages: OutboundMessage[]): Promise<void> {
+    if (messages.length === 0) return;
+    await this.connect();
+    const byTopic = new Map<string, OutboundMessage[]>();
+    for (const m of messages) {
+      const list = byTopic.get(m.topic);
+      if (list) list.push(m);
+      else byTopic.set(m.topic, [m]);
+    }
+    await this.producer.sendBatch({
+      acks: -1,
+      timeout: ACK_TIMEOUT_MS,
+      topicMessages: [...byTopic].map(([topic, list]) => ({
+        topic,
+        messages: list.map((m) => ({
+          key: m.key,
+          value: m.value,
+          timestamp: m.timestamp,
+          headers: m.headers,
+        })),
+      })),
+    });
+  }
+
+  /** Forgets what it knew of topics, after a send failed because one disappeared. */
+  forgetTopics(): void {
+    this.knownTopics.clear();
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.producer.disconnect(), this.admin.disconnect()]);
+    this.connected = false;
+  }
+}
+
+/** Reads a PEM file named by configuration (kept here so tests can build TLS configs). */
+export function readPem(path: string): string {
+  return readFileSync(path, 'utf8');
+}

@@ -1,0 +1,123 @@
+/**
+ * Wake-ups: LISTEN makes the relay fast, polling stays the guarantee.
+ *
+ * Writers pay for a NOTIFY only while the relay sleeps on an idle queue: the relay then
+ * holds the advisory lock pg2kafka.wake_lock_key() exclusively (IdleFlag), and the capture
+ * side's statement trigger notifies only when it cannot take that lock shared (see
+ * sql/15_wake.sql). Under load the relay never sleeps long, never holds the lock, and
+ * writers never take NOTIFY's cluster-wide commit lock.
+ *
+ * The listener has its own connection. When it drops, LISTEN is re-issued with the common
+ * backoff, and every (re)connect wakes the relay for a catch-up poll: notifications sent
+ * while nobody listened are lost.
+ */
+import postgres from 'postgres';
+import type { Logger } from '../logger.ts';
+import { backoffDelay } from './backoff.ts';
+
+export const WAKE_CHANNEL = 'pg2kafka_events';
+
+export interface Listener {
+  stop(): Promise<void>;
+}
+
+export function startListener(databaseUrl: string, onWake: () => void, logger: Logger): Listener {
+  let stopped = false;
+  let attempt = 0;
+  let timer: NodeJS.Timeout | undefined;
+  // onnotify is supported by postgres.js (its own listen() uses it) but not in its types.
+  const options: postgres.Options<Record<string, never>> & {
+    onnotify: (channel: string, payload: string) => void;
+  } = {
+    max: 1,
+    idle_timeout: 0,
+    max_lifetime: 0,
+    connect_timeout: 10,
+    connection: { application_name: 'pg2kafka listener' },
+    onnotify: (channel) => {
+      if (channel === WAKE_CHANNEL) onWake();
+    },
+    onclose: () => {
+      if (!stopped) {
+        logger.warn('listener connection closed: listening again');
+        schedule(0);
+      }
+    },
+    onnotice: () => undefined,
+  };
+  const sql = postgres(databaseUrl, options);
+
+  function schedule(delayMs: number): void {
+    clearTimeout(timer);
+    timer = setTimeout(() => void listen(), delayMs);
+  }
+
+  async function listen(): Promise<void> {
+    if (stopped) return;
+    try {
+      await sql.unsafe(`listen ${WAKE_CHANNEL}`);
+      if (attempt > 0) logger.info('listening again');
+      attempt = 0;
+      onWake();
+    } catch (error) {
+      attempt += 1;
+      const retryInMs = backoffDelay(attempt);
+      logger.warn(
+        { attempt, retryInMs, err: error },
+        `cannot LISTEN, retrying in ${retryInMs} ms (polling continues)`,
+      );
+      schedule(retryInMs);
+    }
+  }
+
+  void listen();
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await sql.end({ timeout: 1 });
+    },
+  };
+}
+
+/**
+ * The "relay is asleep, wake it" flag: a session advisory lock on a dedicated connection.
+ * If that connection dies, the lock goes with it and writers simply stop notifying.
+ */
+export class IdleFlag {
+  private connection: postgres.ReservedSql | undefined;
+  private held = false;
+
+  constructor(private readonly sql: postgres.Sql) {}
+
+  /** Raises the flag; false if writers are mid-statement (then poll instead of sleeping). */
+  async raise(): Promise<boolean> {
+    try {
+      this.connection ??= await this.sql.reserve();
+      const [row] = await this.connection<{ held: boolean }[]>`
+        select pg_try_advisory_lock(pg2kafka.wake_lock_key()) as held`;
+      this.held = row?.held ?? false;
+      return this.held;
+    } catch {
+      this.drop();
+      return false;
+    }
+  }
+
+  async lower(): Promise<void> {
+    if (!this.held || !this.connection) return;
+    this.held = false;
+    try {
+      await this.connection`select pg_advisory_unlock(pg2kafka.wake_lock_key())`;
+    } catch {
+      this.drop();
+    }
+  }
+
+  /** Gives the connection back (its session lock, if any, ends with it on close). */
+  drop(): void {
+    this.held = false;
+    this.connection?.release();
+    this.connection = undefined;
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * The relay's SQL: read a batch of queued events, delete the ones Kafka acknowledged,
+ * and hold the leadership lease. Every statement is one short autocommit transaction:
+ * no transaction stays open while Kafka is waited on (a long one would also stop vacuum
+ * from cleaning the churning queue).
+ *
+ * Delivery reasoning:
+ * - Read what is visible, lowest ids first, and delete exactly the ids that were acked.
+ *   Never a "WHERE id > last shipped" cursor: ids are assigned before commit, so a lower
+ *   id can become visible after a higher one, and a cursor would skip it forever. For one
+ *   key this cannot happen (its writers serialize on the row lock, and the id is taken
+ *   after the lock), so per-key order is id order.
+ * - A batch is chosen by raw change ids, so both halves of a key-changing UPDATE (same
+ *   id, parts 0 and 1) travel and are deleted together.
+ * - Fetch and delete require a valid lease (holder and epoch, not expired on the database
+ *   clock): a relay that lost leadership can neither read a batch nor delete one.
+ * - Tables whose topic cannot be used are skipped by oid, so their events wait in the
+ *   queue while other tables keep flowing.
+ */
+import type postgres from 'postgres';
+
+export interface QueuedEvent {
+  /** Raw change id; both parts of a key change share it. */
+  id: string;
+  part: number;
+  tableOid: string;
+  schemaName: string;
+  tableName: string;
+  externalId: string | null;
+  statement: string;
+  uuid: string;
+  /** created_at in epoch milliseconds, as Kafka wants timestamps. */
+  timestampMs: string;
+  /** The message value, built in SQL so row data is never parsed in Node. */
+  value: string;
+}
+
+export interface Lease {
+  holder: string;
+  epoch: string;
+}
+
+export interface LeaseState {
+  holder: string | null;
+  epoch: string;
+  active: boolean;
+  expiresInMs: number | null;
+}
+
+export class EventQueue {
+  constructor(private readonly sql: postgres.Sql) {}
+
+  /**
+   * The next batch of visible events in shipping order (id, part). With a lease, returns
+   * nothing unless the lease is still valid. `afterId` is only for DRY_RUN, which deletes
+   * nothing and must not print an event twice.
+   */
+  async fetch(options: {
+    limit: number;
+    lease: Lease | undefined;
+    skipTables: string[];
+    afterId?: string;
+  }): Promise<QueuedEvent[]> {
+    const { sql } = this;
+    const { limit, lease, skipTables, afterId } = options;
+    return sql<QueuedEvent[]>`
+      select e.id::text as id, e.part, e.table_oid::int8::text as table_oid, e.schema_name, e.table_name,
+             e.external_id, e.statement, e.uuid::text as uuid,
+             floor(extract(epoch from e.created_at) * 1000)::int8::text as timestamp_ms,
+             json_build_object(
+               'uuid', e.uuid,
+               'external_id', e.external_id,
+               'statement', e.statement,
+               'data', e.data,
+               'created_at', to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+             )::text as value
+      from pg2kafka.outbound_event_queue e
+      where e.id in (
+        select c.id from pg2kafka.captured_changes c
+        where c.table_oid <> all(${skipTables}::oid[])
+          ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
+        order by c.id
+        limit ${limit}
+      )
+      ${lease === undefined ? sql`` : sql`and ${leaseHeld(sql, lease)}`}
+      order by e.id, e.part`;
+  }
+
+  /** Deletes acked changes; returns how many went. 0 for a non-empty list: the lease is lost. */
+  async delete(ids: string[], lease: Lease): Promise<number> {
+    const { sql } = this;
+    const result = await sql`
+      delete from pg2kafka.captured_changes
+      where id = any(${ids}::int8[]) and ${leaseHeld(sql, lease)}`;
+    return result.count;
+  }
+
+  /** Takes the lease if it is free or expired; returns it, or undefined if another relay holds it. */
+  async acquireLease(holder: string, ttlMs: number): Promise<Lease | undefined> {
+    const [row] = await this.sql<{ epoch: string }[]>`
+      update pg2kafka.relay_lease
+      set holder = ${holder}, epoch = epoch + 1, acquired_at = clock_timestamp(),
+          renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ${ttlMs} * interval '1 ms'
+      where expires_at < clock_timestamp()
+      returning epoch::text as epoch`;
+    return row && { holder, epoch: row.epoch };
+  }
+
+  /** Extends a held lease; false when it was lost (expired or taken). */
+  async renewLease(lease: Lease, ttlMs: number): Promise<boolean> {
+    const rows = await this.sql`
+      update pg2kafka.relay_lease
+      set renewed_at = clock_timestamp(), expires_at = clock_timestamp() + ${ttlMs} * interval '1 ms'
+      where holder = ${lease.holder} and epoch = ${lease.epoch}::int8 and expires_at > clock_timestamp()`;
+    return rows.count === 1;
+  }
+
+  /** Gives the lease up at once, so a standby takes over without waiting for expiry. */
+  async releaseLease(lease: Lease): Promise<void> {
+    await this.sql`
+      update pg2kafka.relay_lease set expires_at = '-infinity'
+      where holder = ${lease.holder} and epoch = ${lease.epoch}::int8`;
+  }
+
+  async leaseState(): Promise<LeaseState> {
+    const [row] = await this.sql<
+      { holder: string | null; epoch: string; active: boolean; expires_in_ms: number | null }[]
+    >`
+      select holder, epoch::text as epoch, expires_at > clock_timestamp() as active,
+             case when expires_at > clock_timestamp()
+                  then (extract(epoch from expires_at - clock_timestamp()) * 1000)::int end as expires_in_ms
+      from pg2kafka.relay_lease`;
+    if (!row) throw new Error('pg2kafka.relay_lease is empty: run pg2kafka migrate');
+    return {
+      holder: row.holder,
+      epoch: row.epoch,
+      active: row.active,
+      expiresInMs: row.expires_in_ms,
+    };
+  }
+
+  /** The database name, the third part of topic names. */
+  async databaseName(): Promise<string> {
+    const [row] = await this.sql<{ name: string }[]>`select current_database() as name`;
+    return row?.name ?? '';
+  }
+}
+
+function leaseHeld(sql: postgres.Sql, lease: Lease): postgres.PendingQuery<postgres.Row[]> {
+  return sql`exists (
+    select 1 from pg2kafka.relay_lease l
+    where l.holder = ${lease.holder} and l.epoch = ${lease.epoch}::int8 and l.expires_at > clock_timestamp())`;
+}
