@@ -62,7 +62,7 @@ export const VARIABLES: VariableSpec[] = [
   {
     name: 'TOPIC_NAMESPACE',
     default: '',
-    meaning: 'optional part after the prefix: <prefix>.<namespace>.<database>.<table>',
+    meaning: 'optional part after the prefix, giving topics prefix.namespace.database.table',
   },
   {
     name: 'PERFORM_MIGRATIONS',
