@@ -17,7 +17,12 @@ export function envExample(): string {
   ];
   for (const v of VARIABLES) {
     lines.push(`# ${v.meaning}`);
-    const example = v.name === 'DATABASE_URL' ? 'postgres://postgres@127.0.0.1:5432/postgres' : v.name === 'KAFKA_BROKERS' ? '127.0.0.1:9092' : v.default;
+    const example =
+      v.name === 'DATABASE_URL'
+        ? 'postgres://postgres@127.0.0.1:5432/postgres'
+        : v.name === 'KAFKA_BROKERS'
+          ? '127.0.0.1:9092'
+          : v.default;
     lines.push(`${v.name}=${example}`, '');
   }
   return lines.join('\n');
@@ -28,14 +33,18 @@ export function readmeTable(): string {
   return [
     '| variable | default | meaning |',
     '| --- | --- | --- |',
-    ...VARIABLES.map((v) => `| \`${v.name}\` | ${v.default === '' ? '' : `\`${v.default}\``} | ${escape(v.meaning)} |`),
+    ...VARIABLES.map(
+      (v) =>
+        `| \`${v.name}\` | ${v.default === '' ? '' : `\`${v.default}\``} | ${escape(v.meaning)} |`,
+    ),
   ].join('\n');
 }
 
 export function readmeWithTable(readme: string): string {
   const start = readme.indexOf(README_START);
   const end = readme.indexOf(README_END);
-  if (start < 0 || end < start) throw new Error(`README.md lacks the ${README_START} ... ${README_END} markers`);
+  if (start < 0 || end < start)
+    throw new Error(`README.md lacks the ${README_START} ... ${README_END} markers`);
   return `${readme.slice(0, start + README_START.length)}\n\n${readmeTable()}\n\n${readme.slice(end)}`;
 }
 
