@@ -116,3 +116,140 @@ test('the walk-through arrives on pg2kafka.<db>.products with exact keys, values
     /^\{"uuid" : ".*", "external_id" : "CM01-B", "statement" : "DELETE", "data" : \{\}, "created_at" : ".*"\}$/,
   );
 });
+
+test('DRY_RUN prints each event once as a JSON line on stdout, sends and deletes nothing', async () => {
+  await db.sql`create table drafts (id int primary key, title text)`;
+  await db.sql`insert into drafts values (1, 'one'), (2, 'two')`;
+  await db.sql`select pg2kafka.setup('drafts', 'id')`;
+  const before = await queueDepth();
+
+  const r = relay({ DRY_RUN: 'true', KAFKA_BROKERS: '' });
+  await waitFor('two printed events', () => r.stdout.length >= 2);
+  await db.sql`update drafts set title = 'uno' where id = 1`;
+  await waitFor('three printed events', () => r.stdout.length >= 3);
+  await new Promise((resolve) => setTimeout(resolve, 700));
+  assert.equal((await r.stop()).code, 0);
+
+  const printed = r.stdout.map(
+    (line) =>
+      JSON.parse(line) as {
+        topic: string;
+        key: string;
+        headers: Record<string, string>;
+        value: string;
+      },
+  );
+  assert.deepEqual(
+    printed.map((p) => [
+      p.topic,
+      p.key,
+      p.headers.statement,
+      (JSON.parse(p.value) as { data: unknown }).data,
+    ]),
+    [
+      [`pg2kafka.${db.name}.drafts`, '1', 'SNAPSHOT', { id: 1, title: 'one' }],
+      [`pg2kafka.${db.name}.drafts`, '2', 'SNAPSHOT', { id: 2, title: 'two' }],
+      [`pg2kafka.${db.name}.drafts`, '1', 'UPDATE', { title: 'uno' }],
+    ],
+    'each event printed exactly once',
+  );
+  assert.equal(await queueDepth(), before + 1, 'nothing was deleted');
+  assert.ok(
+    r.logs.length > 0 && r.stdout.every((l) => !l.includes('"level"')),
+    'logs go to stderr only',
+  );
+
+  // Run again: the same events print again, since nothing was deleted.
+  const again = relay({ DRY_RUN: 'true', KAFKA_BROKERS: '' });
+  await waitFor('three printed events again', () => again.stdout.length >= 3);
+  await again.stop();
+  await db.sql`delete from pg2kafka.captured_changes`;
+});
+
+test('TOPIC_NAMESPACE and a table outside public shape the topic names', async () => {
+  await db.sql`create schema sales`;
+  await db.sql`create table sales.orders (id int primary key, total numeric)`;
+  await db.sql`create table customers (id int primary key, name text)`;
+  await db.sql`select pg2kafka.setup('sales.orders', 'id')`;
+  await db.sql`select pg2kafka.setup('customers', 'id')`;
+  await db.sql`insert into sales.orders values (1, 9.5)`;
+  await db.sql`insert into customers values (7, 'ann')`;
+
+  const r = relay({ TOPIC_NAMESPACE: 'shop', TOPIC_PREFIX: 'cdc' });
+  const [order] = await kafka.consume(`cdc.shop.${db.name}.sales.orders`, 1);
+  const [customer] = await kafka.consume(`cdc.shop.${db.name}.customers`, 1);
+  await waitFor('an empty queue', async () => (await queueDepth()) === 0);
+  await r.stop();
+  assert.equal(order?.key, '1');
+  assert.equal(order?.headers.table, 'sales.orders');
+  assert.equal(customer?.key, '7');
+});
+
+test('with AUTO_CREATE_TOPICS=false a missing topic holds back only its table', async () => {
+  await db.sql`create table present (id int primary key)`;
+  await db.sql`create table absent (id int primary key)`;
+  await db.sql`select pg2kafka.setup('present', 'id')`;
+  await db.sql`select pg2kafka.setup('absent', 'id')`;
+  await db.sql`insert into absent values (1), (2)`;
+  await db.sql`insert into present values (1), (2), (3)`;
+  await kafka.createTopic(`pg2kafka.${db.name}.present`);
+
+  const r = relay({ AUTO_CREATE_TOPICS: 'false' });
+  const messages = await kafka.consume(`pg2kafka.${db.name}.present`, 3);
+  assert.deepEqual(
+    messages.map((m) => m.key),
+    ['1', '2', '3'],
+  );
+  const blocked = await r.waitForLog('events of public.absent stay queued');
+  assert.match(
+    blocked.msg,
+    /topic "pg2kafka\..*\.absent" does not exist and AUTO_CREATE_TOPICS=false/,
+  );
+  await waitFor('only the held-back events left', async () => (await queueDepth()) === 2);
+
+  const admin = await kafka.admin();
+  try {
+    assert.ok(
+      !(await admin.listTopics()).includes(`pg2kafka.${db.name}.absent`),
+      'the relay did not create the topic',
+    );
+  } finally {
+    await admin.disconnect();
+  }
+  // Once the topic exists, the held-back events follow.
+  await kafka.createTopic(`pg2kafka.${db.name}.absent`);
+  const late = await kafka.consume(`pg2kafka.${db.name}.absent`, 2, 30_000);
+  assert.deepEqual(
+    late.map((m) => m.key),
+    ['1', '2'],
+  );
+  await waitFor('an empty queue', async () => (await queueDepth()) === 0, 20_000);
+  await r.stop();
+});
+
+test('a table whose name Kafka rejects is held back with a clear error; others flow', async () => {
+  await db.sql`create table "Odd Name" (id int primary key)`;
+  await db.sql`create table fine (id int primary key)`;
+  await db.sql`select pg2kafka.setup('"Odd Name"', 'id')`;
+  await db.sql`select pg2kafka.setup('fine', 'id')`;
+  await db.sql`insert into "Odd Name" values (1)`;
+  await db.sql`insert into fine values (1)`;
+  const r = relay();
+  const [message] = await kafka.consume(`pg2kafka.${db.name}.fine`, 1);
+  assert.equal(message?.key, '1');
+  const blocked = await r.waitForLog('events of public.Odd Name stay queued');
+  assert.match(blocked.msg, /has characters Kafka does not accept/);
+  assert.equal(
+    r.logs.filter((l) => l.msg.includes('Odd Name')).length,
+    1,
+    'reported once, not in a loop',
+  );
+  await r.stop();
+  // Renaming the table lets its events go under the new name.
+  await db.sql`alter table "Odd Name" rename to odd_name`;
+  const r2 = relay();
+  const [renamed] = await kafka.consume(`pg2kafka.${db.name}.odd_name`, 1);
+  assert.equal(renamed?.key, '1');
+  await waitFor('an empty queue', async () => (await queueDepth()) === 0);
+  await r2.stop();
+});
