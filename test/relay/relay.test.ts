@@ -181,7 +181,7 @@ test('TOPIC_NAMESPACE and a table outside public shape the topic names', async (
   await waitFor('an empty queue', async () => (await queueDepth()) === 0);
   await r.stop();
   assert.equal(order?.key, '1');
-  assert.equal(order?.headers.table, 'sales.orders');
+  assert.equal(order.headers.table, 'sales.orders');
   assert.equal(customer?.key, '7');
 });
 
