@@ -243,6 +243,7 @@ function parseBrokers(env: Env, dryRun: boolean, problems: Problems): string[] {
     return [];
   }
   const value = brokers ?? alias;
+  const name = brokers === undefined && alias !== undefined ? 'KAFKA_BROKER' : 'KAFKA_BROKERS';
   if (value === undefined) {
     if (!dryRun) {
       problems.add(
@@ -255,7 +256,7 @@ function parseBrokers(env: Env, dryRun: boolean, problems: Problems): string[] {
   for (const broker of list) {
     if (!/^[^\s:/]+:\d{1,5}$/.test(broker) || Number(broker.split(':').pop()) > 65535) {
       problems.add(
-        `KAFKA_BROKERS entries must be host:port, got "${broker}" (example: KAFKA_BROKERS=kafka-1:9092,kafka-2:9092)`,
+        `${name} entries must be host:port, got "${broker}" (example: ${name}=kafka-1:9092,kafka-2:9092)`,
       );
     }
   }
@@ -320,8 +321,9 @@ function parseTls(env: Env, problems: Problems): Config['tls'] {
     );
   }
   if (!enabled) {
-    if (read(env, 'KAFKA_TLS_REJECT_UNAUTHORIZED') !== undefined) {
-      problems.add('KAFKA_TLS_REJECT_UNAUTHORIZED has no effect without KAFKA_TLS=true');
+    // Only a request to skip verification is suspicious without TLS; the default is harmless.
+    if (!rejectUnauthorized) {
+      problems.add('KAFKA_TLS_REJECT_UNAUTHORIZED=false has no effect without KAFKA_TLS=true');
     }
     return undefined;
   }
@@ -338,7 +340,7 @@ export function parseConfig(
 ): Config {
   const problems = new Problems();
   const dryRun = parseBoolean(env, 'DRY_RUN', false, problems);
-  const logLevel = read(env, 'LOG_LEVEL') ?? 'info';
+  const logLevel = (read(env, 'LOG_LEVEL') ?? 'info').toLowerCase();
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.add(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
   }

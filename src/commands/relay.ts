@@ -136,6 +136,7 @@ export async function startRelay(config: Config, logger: Logger): Promise<Runnin
   const sink: EventSink = config.dryRun
     ? new DryRunSink()
     : new KafkajsSink(createKafka(config, log), config, log.child({ component: 'kafka' }));
+  const idleFlag = new IdleFlag(config.databaseUrl);
   const relay = new Relay({
     queue: new EventQueue(sql),
     sink,
@@ -144,7 +145,7 @@ export async function startRelay(config: Config, logger: Logger): Promise<Runnin
     topicPrefix: config.topicPrefix,
     topicNamespace: config.topicNamespace,
     dryRun: config.dryRun,
-    idleFlag: new IdleFlag(sql),
+    idleFlag,
   });
   logRelayEvents(relay, log);
   const listener = startListener(
@@ -162,6 +163,7 @@ export async function startRelay(config: Config, logger: Logger): Promise<Runnin
     shuttingDown ??= (async () => {
       await relay.stop();
       await listener.stop();
+      await idleFlag.close();
       await sink.close();
       await sql.end({ timeout: 2 });
     })();

@@ -81,43 +81,46 @@ export function startListener(databaseUrl: string, onWake: () => void, logger: L
 }
 
 /**
- * The "relay is asleep, wake it" flag: a session advisory lock on a dedicated connection.
- * If that connection dies, the lock goes with it and writers simply stop notifying.
+ * The "relay is asleep, wake it" flag: a session advisory lock on a pool of its own with
+ * a single connection (so lock and unlock run in the same session). If that connection
+ * dies, the lock goes with it and writers simply stop notifying until the next raise.
+ * Not sql.reserve(): postgres.js 3.4.9 crashes the process with an uncatchable TypeError
+ * when the backend of a reserved connection is terminated (porsager/postgres#1208).
  */
 export class IdleFlag {
-  private connection: postgres.ReservedSql | undefined;
+  private readonly sql: postgres.Sql;
   private held = false;
 
-  constructor(private readonly sql: postgres.Sql) {}
+  constructor(databaseUrl: string) {
+    this.sql = postgres(databaseUrl, {
+      max: 1,
+      idle_timeout: 0,
+      connect_timeout: 10,
+      connection: { application_name: 'pg2kafka relay idle flag' },
+      onnotice: () => undefined,
+    });
+  }
 
   /** Raises the flag; false if writers are mid-statement (then poll instead of sleeping). */
   async raise(): Promise<boolean> {
     try {
-      this.connection ??= await this.sql.reserve();
-      const [row] = await this.connection<{ held: boolean }[]>`
+      const [row] = await this.sql<{ held: boolean }[]>`
         select pg_try_advisory_lock(pg2kafka.wake_lock_key()) as held`;
       this.held = row?.held ?? false;
-      return this.held;
     } catch {
-      this.drop();
-      return false;
+      this.held = false;
     }
+    return this.held;
   }
 
   async lower(): Promise<void> {
-    if (!this.held || !this.connection) return;
+    if (!this.held) return;
     this.held = false;
-    try {
-      await this.connection`select pg_advisory_unlock(pg2kafka.wake_lock_key())`;
-    } catch {
-      this.drop();
-    }
+    // Releases every hold of this session: a lock raised twice by a retried query goes too.
+    await this.sql`select pg_advisory_unlock_all()`.catch(() => undefined);
   }
 
-  /** Gives the connection back (its session lock, if any, ends with it on close). */
-  drop(): void {
-    this.held = false;
-    this.connection?.release();
-    this.connection = undefined;
+  async close(): Promise<void> {
+    await this.sql.end({ timeout: 1 });
   }
 }

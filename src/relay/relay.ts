@@ -177,7 +177,7 @@ export class Relay {
         }
       }
     } finally {
-      this.options.idleFlag?.drop();
+      await this.options.idleFlag?.lower();
       await this.resign('stopped');
     }
   }

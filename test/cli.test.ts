@@ -1,0 +1,383 @@
+/**
+ * The `pg2kafka` command line as a user runs it: exit codes and messages for bad usage and
+ * bad configuration, and setup, teardown and status against a real database.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { before, test } from 'node:test';
+import { migrated, queuedChanges } from './capture/support.ts';
+import { useTestDatabase } from './helpers.ts';
+import { runCli } from './relay/support.ts';
+
+const db = useTestDatabase();
+
+before(async () => {
+  await migrated(db);
+});
+
+/**
+ * The environment of a command on the test database. Variables that would change its
+ * output are unset explicitly: runCli starts from process.env.
+ */
+function env(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
+  return {
+    DATABASE_URL: db.url,
+    TOPIC_PREFIX: undefined,
+    TOPIC_NAMESPACE: undefined,
+    LOG_LEVEL: undefined,
+    ...extra,
+  };
+}
+
+async function triggers(table: string): Promise<string[]> {
+  const rows = await db.sql<{ name: string }[]>`
+    select tgname as name from pg_trigger
+    where tgrelid = ${table}::regclass and not tgisinternal order by 1`;
+  return rows.map((r) => r.name);
+}
+
+async function tracked(
+  table: string,
+): Promise<{ column: string; fullRow: boolean; capturing: boolean } | undefined> {
+  const [row] = await db.sql<{ column: string; full_row: boolean; capturing: boolean }[]>`
+    select external_id_column as column, full_row, capturing from pg2kafka.tracked_tables
+    where table_oid = ${table}::regclass`;
+  return row && { column: row.column, fullRow: row.full_row, capturing: row.capturing };
+}
+
+const CAPTURE_TRIGGERS = [
+  'pg2kafka_delete',
+  'pg2kafka_insert',
+  'pg2kafka_truncate',
+  'pg2kafka_update',
+  'pg2kafka_wake',
+];
+
+test('runCli passes a variable given as undefined as unset', async () => {
+  // The tests below rely on it to run commands without a variable npm test provides.
+  assert.ok(process.env.KAFKA_BROKERS, 'npm test provides KAFKA_BROKERS');
+  const missing = await runCli(
+    ['relay'],
+    env({ KAFKA_BROKERS: undefined, KAFKA_BROKER: undefined }),
+  );
+  assert.equal(missing.code, 2, missing.stderr);
+  assert.match(missing.stderr, /KAFKA_BROKERS is required unless DRY_RUN=true/);
+});
+
+test('bad usage exits 2 with a message saying what is wrong', async () => {
+  const cases: Array<[string[], string]> = [
+    [['frobnicate'], 'pg2kafka: unknown command "frobnicate". Run pg2kafka --help for the list.\n'],
+    [['status', '--verbose'], 'pg2kafka: unknown option --verbose\n'],
+    [['setup', '--full'], 'pg2kafka: unknown option --full\n'],
+    [
+      ['setup', 'products'],
+      'pg2kafka: pg2kafka setup expects <table> <external-id-column>, got 1 argument(s)\n',
+    ],
+    [['status', 'extra'], 'pg2kafka: pg2kafka status expects no arguments, got 1 argument(s)\n'],
+    [['teardown'], 'pg2kafka: pg2kafka teardown expects <table>, got 0 argument(s)\n'],
+    [['migrate', 'now'], 'pg2kafka: pg2kafka migrate expects no arguments, got 1 argument(s)\n'],
+  ];
+  for (const [args, message] of cases) {
+    const result = await runCli(args, env());
+    assert.deepEqual(
+      { code: result.code, stderr: result.stderr, stdout: result.stdout },
+      { code: 2, stderr: message, stdout: '' },
+      `pg2kafka ${args.join(' ')}`,
+    );
+  }
+});
+
+test('bad relay configuration exits 2 listing every problem, without connecting anywhere', async () => {
+  // A listener standing in for PostgreSQL: it counts every connection attempt.
+  const connections: Socket[] = [];
+  const server = createServer((socket) => {
+    connections.push(socket);
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const address = server.address();
+    assert.ok(address !== null && typeof address === 'object');
+    const result = await runCli(
+      ['relay'],
+      env({
+        DATABASE_URL: `postgres://u:p@127.0.0.1:${address.port}/x`,
+        BATCH_SIZE: 'abc',
+        KAFKA_BROKERS: undefined,
+        KAFKA_BROKER: undefined,
+        PERFORM_MIGRATIONS: 'true',
+      }),
+    );
+    assert.equal(result.code, 2, result.stderr);
+    assert.deepEqual(result.stderr.split('\n').sort(), [
+      '',
+      'pg2kafka: BATCH_SIZE must be a whole number from 1 to 100000, got "abc"',
+      'pg2kafka: KAFKA_BROKERS is required unless DRY_RUN=true (example: KAFKA_BROKERS=127.0.0.1:9092)',
+    ]);
+    assert.equal(result.stdout, '');
+    assert.equal(connections.length, 0, 'the relay connected before checking its configuration');
+  } finally {
+    await new Promise<void>((resolve) => {
+      server.close(() => {
+        resolve();
+      });
+    });
+  }
+});
+
+test('--version prints the version of package.json; --help of each command exits 0', async () => {
+  const { version } = JSON.parse(
+    readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
+  ) as { version: string };
+  for (const flag of ['--version', '-v']) {
+    const result = await runCli([flag], env());
+    assert.deepEqual(
+      { code: result.code, stdout: result.stdout },
+      { code: 0, stdout: `${version}\n` },
+    );
+  }
+  const helps: Array<[string, string]> = [
+    ['relay', '--help'],
+    ['migrate', '--help'],
+    ['setup', '--help'],
+    ['teardown', '--help'],
+    ['status', '--help'],
+    ['status', '-h'],
+  ];
+  for (const [command, flag] of helps) {
+    // Help needs no configuration at all.
+    const result = await runCli([command, flag], env({ DATABASE_URL: undefined }));
+    assert.equal(result.code, 0, `${command} ${flag}: ${result.stderr}`);
+    assert.ok(
+      result.stdout.startsWith(`Usage: pg2kafka ${command}`),
+      `${command} ${flag}: ${result.stdout}`,
+    );
+  }
+});
+
+test('setup captures a table: prints the topic and the snapshot, queues SNAPSHOT events', async () => {
+  await db.sql`create table products (sku text primary key, name text not null)`;
+  await db.sql`insert into products values ('CM01-B', 'Blue Coffee Mug'), ('CM01-R', 'Red Coffee Mug')`;
+  const result = await runCli(['setup', 'products', 'sku'], env());
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(
+    result.stdout,
+    `capturing public.products (topic pg2kafka.${db.name}.products): 2 existing row(s) queued as SNAPSHOT events\n`,
+  );
+  assert.equal(result.stderr, '');
+  assert.deepEqual(await queuedChanges(db.sql, 'products'), [
+    ['SNAPSHOT', 'CM01-B', { sku: 'CM01-B', name: 'Blue Coffee Mug' }],
+    ['SNAPSHOT', 'CM01-R', { sku: 'CM01-R', name: 'Red Coffee Mug' }],
+  ]);
+  assert.deepEqual(await tracked('products'), { column: 'sku', fullRow: false, capturing: true });
+  assert.deepEqual(await triggers('products'), CAPTURE_TRIGGERS);
+
+  await db.sql`insert into products values ('CM02', 'Green Coffee Mug')`;
+  const changes = await queuedChanges(db.sql, 'products');
+  assert.deepEqual(changes.at(-1), ['INSERT', 'CM02', { sku: 'CM02', name: 'Green Coffee Mug' }]);
+});
+
+test('setup --full-row sets full-row mode', async () => {
+  await db.sql`create table customers (id int primary key, email text not null)`;
+  const result = await runCli(['setup', 'customers', 'id', '--full-row'], env());
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(
+    result.stdout,
+    `capturing public.customers (topic pg2kafka.${db.name}.customers): 0 existing row(s) queued as SNAPSHOT events\n`,
+  );
+  assert.deepEqual(await tracked('customers'), { column: 'id', fullRow: true, capturing: true });
+});
+
+test('setup on a nullable key column warns on stderr and still captures', async () => {
+  await db.sql`create table notes (code text, body text)`;
+  await db.sql`insert into notes values ('n1', 'first')`;
+  const result = await runCli(['setup', 'notes', 'code'], env());
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(
+    result.stderr,
+    'warning: pg2kafka: external id column "code" of public.notes is not a unique NOT NULL column (it is nullable)\n',
+  );
+  assert.equal(
+    result.stdout,
+    `capturing public.notes (topic pg2kafka.${db.name}.notes): 1 existing row(s) queued as SNAPSHOT events\n`,
+  );
+});
+
+test('setup of a missing column or table fails with the database message', async () => {
+  await db.sql`create table if not exists products (sku text primary key, name text not null)`;
+  const column = await runCli(['setup', 'products', 'skuu'], env());
+  assert.equal(column.code, 1, column.stderr);
+  assert.equal(column.stderr, 'pg2kafka: column "skuu" does not exist in table public.products\n');
+  assert.equal(column.stdout, '');
+
+  const table = await runCli(['setup', 'prodcuts', 'sku'], env());
+  assert.equal(table.code, 2, table.stderr);
+  assert.equal(
+    table.stderr,
+    'pg2kafka: relation "prodcuts" does not exist (table argument: prodcuts)\n',
+  );
+});
+
+test('setup of a table whose topic Kafka would reject exits 2 and installs nothing', async () => {
+  await db.sql`create table "Order Items" (id int primary key)`;
+  await db.sql`insert into "Order Items" values (1)`;
+  const result = await runCli(['setup', '"Order Items"', 'id'], env());
+  assert.equal(result.code, 2, result.stderr);
+  assert.equal(
+    result.stderr,
+    `pg2kafka: cannot set up public."Order Items": topic "pg2kafka.${db.name}.Order Items" has characters Kafka does not accept (only letters, digits, ".", "_" and "-"): rename the table or schema (topics follow the current name)\n`,
+  );
+  assert.deepEqual(await triggers('"Order Items"'), []);
+  assert.equal(await tracked('"Order Items"'), undefined);
+  assert.deepEqual(await queuedChanges(db.sql, '"Order Items"'), []);
+});
+
+test('the topic follows TOPIC_PREFIX, TOPIC_NAMESPACE and the schema', async () => {
+  await db.sql`create table orders (id int primary key)`;
+  const namespaced = await runCli(['setup', 'orders', 'id'], env({ TOPIC_NAMESPACE: 'ns' }));
+  assert.equal(namespaced.code, 0, namespaced.stderr);
+  assert.equal(
+    namespaced.stdout,
+    `capturing public.orders (topic pg2kafka.ns.${db.name}.orders): 0 existing row(s) queued as SNAPSHOT events\n`,
+  );
+
+  await db.sql`create schema sales`;
+  await db.sql`create table sales.invoices (id int primary key)`;
+  await db.sql`insert into sales.invoices values (1), (2), (3)`;
+  const schema = await runCli(['setup', 'sales.invoices', 'id'], env({ TOPIC_PREFIX: 'cdc' }));
+  assert.equal(schema.code, 0, schema.stderr);
+  assert.equal(
+    schema.stdout,
+    `capturing sales.invoices (topic cdc.${db.name}.sales.invoices): 3 existing row(s) queued as SNAPSHOT events\n`,
+  );
+});
+
+test('teardown stops capture; teardown of a table not set up warns and exits 0', async () => {
+  await db.sql`create table shipments (id int primary key)`;
+  await db.sql`select pg2kafka.setup('shipments', 'id')`;
+  assert.deepEqual(await triggers('shipments'), CAPTURE_TRIGGERS);
+
+  const result = await runCli(['teardown', 'shipments'], env());
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(
+    result.stdout,
+    'stopped capturing public.shipments; queued events will still be shipped\n',
+  );
+  assert.equal(result.stderr, '');
+  assert.deepEqual(await triggers('shipments'), []);
+  assert.deepEqual(await tracked('shipments'), { column: 'id', fullRow: false, capturing: false });
+  await db.sql`insert into shipments values (1)`;
+  assert.deepEqual(await queuedChanges(db.sql, 'shipments'), []);
+
+  await db.sql`create table drafts (id int primary key)`;
+  const again = await runCli(['teardown', 'drafts'], env());
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(
+    again.stderr,
+    'warning: pg2kafka: public.drafts is not set up; nothing was changed\n',
+  );
+  assert.equal(again.stdout, '');
+});
+
+test('status and status --json: tracked tables, queued counts, no active relay', async () => {
+  // Start from an empty registry and queue, whatever the tests before left.
+  await db.sql`
+    select pg2kafka.teardown(table_oid::regclass) from pg2kafka.tracked_tables where capturing`;
+  await db.sql`delete from pg2kafka.captured_changes`;
+
+  await db.sql`create table status_a (id int primary key)`;
+  await db.sql`create table status_b (code text primary key)`;
+  await db.sql`insert into status_a values (1), (2)`;
+  await db.sql`insert into status_b values ('x')`;
+  await db.sql`select pg2kafka.setup('status_a', 'id')`;
+  await db.sql`select pg2kafka.setup('status_b', 'code', true)`;
+  await db.sql`insert into status_a values (3)`;
+
+  const json = await runCli(['status', '--json'], env());
+  assert.equal(json.code, 0, json.stderr);
+  const status = JSON.parse(json.stdout) as {
+    relay: { active: boolean; holder: string | null };
+    queue: { events: number; oldestAgeSeconds: number | null };
+    tables: Array<{
+      table: string;
+      externalIdColumn: string;
+      fullRow: boolean;
+      capturing: boolean;
+      queued: number;
+      oldestAgeSeconds: number | null;
+    }>;
+  };
+  assert.deepEqual(
+    status.tables.map((t) => ({
+      table: t.table,
+      externalIdColumn: t.externalIdColumn,
+      fullRow: t.fullRow,
+      capturing: t.capturing,
+      queued: t.queued,
+    })),
+    [
+      {
+        table: 'public.status_a',
+        externalIdColumn: 'id',
+        fullRow: false,
+        capturing: true,
+        queued: 3,
+      },
+      {
+        table: 'public.status_b',
+        externalIdColumn: 'code',
+        fullRow: true,
+        capturing: true,
+        queued: 1,
+      },
+    ],
+  );
+  for (const t of status.tables) {
+    assert.ok(typeof t.oldestAgeSeconds === 'number' && t.oldestAgeSeconds >= 0, t.table);
+  }
+  assert.equal(status.queue.events, 4);
+  assert.equal(
+    status.queue.events,
+    status.tables.reduce((n, t) => n + t.queued, 0),
+  );
+  assert.ok(
+    typeof status.queue.oldestAgeSeconds === 'number' && status.queue.oldestAgeSeconds >= 0,
+    `oldestAgeSeconds: ${String(status.queue.oldestAgeSeconds)}`,
+  );
+  assert.equal(status.relay.active, false);
+  assert.equal(status.relay.holder, null);
+
+  const text = await runCli(['status'], env());
+  assert.equal(text.code, 0, text.stderr);
+  const lines = text.stdout.split('\n');
+  assert.equal(lines[0], 'relay: none active');
+  assert.match(lines[1] ?? '', /^queue: 4 event\(s\), oldest \d+\.\d s old$/);
+  assert.equal(lines[2], 'tables:');
+  assert.match(lines[3] ?? '', /^ {2}public\.status_a key=id: 3 queued, oldest \d+\.\d s$/);
+  assert.match(
+    lines[4] ?? '',
+    /^ {2}public\.status_b key=code full-row: 1 queued, oldest \d+\.\d s$/,
+  );
+  assert.equal(lines.length, 6, text.stdout);
+});
+
+test('an error never shows the password of DATABASE_URL', async () => {
+  const server = new URL(db.url);
+  server.username = 'no_such_role';
+  server.password = 's3cret';
+  server.pathname = '/no_such_db';
+  server.search = '?password=s3cret';
+  for (const url of [
+    // Nothing listens on port 1.
+    'postgres://u:s3cret@127.0.0.1:1/x',
+    // The real server, a role and database that do not exist.
+    server.toString(),
+  ]) {
+    const result = await runCli(['status'], env({ DATABASE_URL: url }));
+    assert.equal(result.code, 1, `${url}: ${result.stderr}`);
+    assert.match(result.stderr, /^pg2kafka: \S/, url);
+    assert.ok(!result.stderr.includes('s3cret'), `password leaked: ${result.stderr}`);
+    assert.ok(!result.stdout.includes('s3cret'), `password leaked: ${result.stdout}`);
+  }
+});
