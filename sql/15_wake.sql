@@ -14,7 +14,7 @@
 
 CREATE OR REPLACE FUNCTION pg2kafka.wake_lock_key() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT 123588529840487::bigint $$;  -- 0x7067326b6167, "pg2kag"
+AS $$ SELECT 123588529840487::bigint $$;  -- 0x7067326b6167; src/capture/locks.ts WAKE_LOCK
 
 CREATE OR REPLACE FUNCTION pg2kafka.wake_relay() RETURNS trigger
 LANGUAGE plpgsql

@@ -21,16 +21,26 @@
 -- so consumers can drop duplicates, and unique across reinstalls.
 
 -- RFC 4122 version 3 uuid of `name` in `namespace`: md5(namespace bytes || name bytes),
--- with the version and variant bits set.
+-- with the version and variant bits set. No SET clause and every name qualified: these
+-- helpers run for every event the relay reads, and a SET clause costs a settings
+-- save/restore per call and keeps PostgreSQL from inlining them.
+CREATE OR REPLACE FUNCTION pg2kafka.uuid_v3_from_md5(h text)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+  -- overlay(... PLACING ...) is SQL-standard syntax that always means pg_catalog.overlay.
+  SELECT overlay(
+           overlay(h PLACING '3' FROM 13)
+           PLACING pg_catalog.substr('89ab', (('x' OPERATOR(pg_catalog.||) pg_catalog.substr(h, 17, 1))::bit(4)::int OPERATOR(pg_catalog.&) 3) OPERATOR(pg_catalog.+) 1, 1)
+           FROM 17)::uuid
+$$;
+
 CREATE OR REPLACE FUNCTION pg2kafka.name_uuid(namespace uuid, name text)
 RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT (substr(h, 1, 12) || '3' || substr(h, 14, 3)
-          || substr('89ab', (('x' || substr(h, 17, 1))::bit(4)::int & 3) + 1, 1)
-          || substr(h, 18))::uuid
-  FROM (SELECT md5(uuid_send(namespace) || convert_to(name, 'UTF8')) AS h) AS digest
+  SELECT pg2kafka.uuid_v3_from_md5(
+    pg_catalog.md5(pg_catalog.uuid_send(namespace) OPERATOR(pg_catalog.||) pg_catalog.convert_to(name, 'UTF8')))
 $$;
 
 -- The top-level keys of `new_row` whose values print differently from `old_row`.
@@ -39,11 +49,10 @@ $$;
 CREATE OR REPLACE FUNCTION pg2kafka.changed_columns(old_row jsonb, new_row jsonb)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT coalesce(jsonb_object_agg(n.key, n.value), '{}'::jsonb)
-  FROM jsonb_each(new_row) AS n
-  WHERE (old_row -> n.key)::text IS DISTINCT FROM n.value::text
+  SELECT coalesce(pg_catalog.jsonb_object_agg(n.key, n.value), '{}'::jsonb)
+  FROM pg_catalog.jsonb_each(new_row) AS n
+  WHERE (old_row OPERATOR(pg_catalog.->) n.key)::text IS DISTINCT FROM n.value::text
 $$;
 
 CREATE OR REPLACE VIEW pg2kafka.outbound_event_queue AS

@@ -19,10 +19,7 @@ import { join } from 'node:path';
 import { runner } from 'node-pg-migrate';
 import postgres from 'postgres';
 import { packageRoot } from '../package-root.ts';
-
-/** Advisory lock keys: "pg2kaf" in ASCII, and the next one for the repeatable step. */
-const MIGRATION_LOCK = 0x7067326b6166;
-const REPEATABLE_LOCK = MIGRATION_LOCK + 1;
+import { MIGRATION_LOCK, REPEATABLE_SQL_LOCK } from './locks.ts';
 
 export interface MigrateResult {
   /** Versioned migrations applied by this run. */
@@ -78,7 +75,7 @@ export async function migrate({
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => undefined });
   try {
     const functionsUpdated = await sql.begin(async (tx) => {
-      await tx`select pg_advisory_xact_lock(${REPEATABLE_LOCK})`;
+      await tx`select pg_advisory_xact_lock(${REPEATABLE_SQL_LOCK})`;
       const [current] = await tx<{ value: string }[]>`
         select value from pg2kafka.settings where name = 'sql_sha256'`;
       if (current?.value === scripts.sha256) return false;

@@ -36,6 +36,12 @@ const SESSION_SETTINGS = {
   IntervalStyle: 'postgres',
   extra_float_digits: '1',
   bytea_output: 'hex',
+  // The fetch's LIMIT and skip list are parameters: a generic plan guesses them and may
+  // scan the whole queue; a custom plan walks the primary key (measured: 98 -> 58 ms per
+  // 1000 events with 200k queued).
+  plan_cache_mode: 'force_custom_plan',
+  // A half-open connection must not hang the loop: statements fail and are retried.
+  statement_timeout: 60_000,
 };
 
 function logRelayEvents(relay: Relay, logger: Logger): void {

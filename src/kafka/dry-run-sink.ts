@@ -12,7 +12,7 @@ export class DryRunSink implements EventSink {
     return Promise.resolve([]);
   }
 
-  async send(messages: OutboundMessage[]): Promise<void> {
+  async send(messages: OutboundMessage[]): Promise<TopicProblem[]> {
     const text = messages
       .map((m) =>
         JSON.stringify({
@@ -30,6 +30,7 @@ export class DryRunSink implements EventSink {
         else resolve();
       });
     });
+    return [];
   }
 
   close(): Promise<void> {

@@ -3,7 +3,6 @@
  * acks=all sends with one producer. kafkajs retries a send a couple of times itself; the
  * relay loop owns the longer backoff, so a broker outage never ends the process.
  */
-import { readFileSync } from 'node:fs';
 import {
   Kafka,
   Partitioners,
@@ -15,11 +14,20 @@ import {
 } from 'kafkajs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
-import { permanentTopicProblem } from './errors.ts';
+import { kafkaErrorTypes, permanentTopicProblem } from './errors.ts';
 import type { EventSink, OutboundMessage, TopicProblem } from './sink.ts';
 
-/** How long the broker may take to acknowledge a batch (acks = all). */
-const ACK_TIMEOUT_MS = 10_000;
+/**
+ * How long the broker may take to acknowledge a request (acks = all). Together with
+ * requestTimeout and the single kafkajs retry it bounds one send to about 15 s; the relay
+ * checks its lease before every send, and a send cut off by an outage is simply retried.
+ */
+const ACK_TIMEOUT_MS = 5_000;
+/**
+ * Most bytes of keys and values in one produce request: every partition's record batch
+ * stays well under the broker's default max.message.bytes (1 MiB), whatever BATCH_SIZE.
+ */
+const MAX_REQUEST_BYTES = 512 * 1024;
 
 function saslOptions(config: Config): SASLOptions | undefined {
   const { sasl } = config;
@@ -59,8 +67,8 @@ export function createKafka(config: Config, logger: Logger): Kafka {
     },
     sasl: saslOptions(config),
     connectionTimeout: 3000,
-    requestTimeout: ACK_TIMEOUT_MS + 5000,
-    retry: { retries: 2, initialRetryTime: 100, maxRetryTime: 1000 },
+    requestTimeout: ACK_TIMEOUT_MS + 2_500,
+    retry: { retries: 1, initialRetryTime: 100, maxRetryTime: 1000 },
     logLevel: KafkaLogLevel.WARN,
     logCreator: kafkaLogCreator(logger.child({ component: 'kafkajs' })),
   });
@@ -135,19 +143,45 @@ export class KafkajsSink implements EventSink {
     return problems;
   }
 
-  async send(messages: OutboundMessage[]): Promise<void> {
-    if (messages.length === 0) return;
+  async send(messages: OutboundMessage[]): Promise<TopicProblem[]> {
+    if (messages.length === 0) return [];
     await this.connect();
-    const byTopic = new Map<string, OutboundMessage[]>();
-    for (const m of messages) {
-      const list = byTopic.get(m.topic);
-      if (list) list.push(m);
-      else byTopic.set(m.topic, [m]);
+    const problems: TopicProblem[] = [];
+    const refused = new Set<string>();
+    // Requests in order; within one, kafkajs keeps each partition's messages in order.
+    for (const chunk of chunkByBytes(messages, MAX_REQUEST_BYTES)) {
+      const pending = chunk.filter((m) => !refused.has(m.topic));
+      try {
+        await this.sendRequest(pending);
+      } catch (error) {
+        if (kafkaErrorTypes(error).includes('UNKNOWN_TOPIC_OR_PARTITION')) this.knownTopics.clear();
+        if (permanentTopicProblem(error) === undefined) throw error;
+        // Some topic refused its messages for good: find which, one topic at a time.
+        for (const [topic, list] of groupByTopic(pending)) {
+          try {
+            await this.sendRequest(list);
+          } catch (topicError) {
+            const reason = permanentTopicProblem(topicError);
+            if (reason === undefined) throw topicError;
+            refused.add(topic);
+            problems.push({
+              topic,
+              retriable: false,
+              reason: `topic "${topic}" refused events: ${reason}`,
+            });
+          }
+        }
+      }
     }
+    return problems;
+  }
+
+  private async sendRequest(messages: OutboundMessage[]): Promise<void> {
+    if (messages.length === 0) return;
     await this.producer.sendBatch({
       acks: -1,
       timeout: ACK_TIMEOUT_MS,
-      topicMessages: [...byTopic].map(([topic, list]) => ({
+      topicMessages: [...groupByTopic(messages)].map(([topic, list]) => ({
         topic,
         messages: list.map((m) => ({
           key: m.key,
@@ -159,18 +193,37 @@ export class KafkajsSink implements EventSink {
     });
   }
 
-  /** Forgets what it knew of topics, after a send failed because one disappeared. */
-  forgetTopics(): void {
-    this.knownTopics.clear();
-  }
-
   async close(): Promise<void> {
     await Promise.allSettled([this.producer.disconnect(), this.admin.disconnect()]);
     this.connected = false;
   }
 }
 
-/** Reads a PEM file named by configuration (kept here so tests can build TLS configs). */
-export function readPem(path: string): string {
-  return readFileSync(path, 'utf8');
+function groupByTopic(messages: OutboundMessage[]): Map<string, OutboundMessage[]> {
+  const byTopic = new Map<string, OutboundMessage[]>();
+  for (const m of messages) {
+    const list = byTopic.get(m.topic);
+    if (list) list.push(m);
+    else byTopic.set(m.topic, [m]);
+  }
+  return byTopic;
+}
+
+/** Consecutive slices of at most `maxBytes` of keys and values (at least one message each). */
+function chunkByBytes(messages: OutboundMessage[], maxBytes: number): OutboundMessage[][] {
+  const chunks: OutboundMessage[][] = [];
+  let current: OutboundMessage[] = [];
+  let bytes = 0;
+  for (const m of messages) {
+    const size = Buffer.byteLength(m.value) + (m.key === null ? 0 : Buffer.byteLength(m.key));
+    if (current.length > 0 && bytes + size > maxBytes) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(m);
+    bytes += size;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
 }

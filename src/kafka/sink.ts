@@ -25,9 +25,11 @@ export interface EventSink {
    */
   prepareTopics(topics: string[]): Promise<TopicProblem[]>;
   /**
-   * Sends the messages in order and resolves once the broker acknowledged all of them
-   * (acks = all). Rejects if any was not acknowledged; then none counts as sent.
+   * Sends the messages in order (per topic) and resolves once the broker acknowledged
+   * them (acks = all), except for the topics it returns: those refused the messages for
+   * good (too large, not authorized, ...), and none of their messages counts as sent.
+   * Rejects on a transient failure; then none of the messages counts as sent.
    */
-  send(messages: OutboundMessage[]): Promise<void>;
+  send(messages: OutboundMessage[]): Promise<TopicProblem[]>;
   close(): Promise<void>;
 }

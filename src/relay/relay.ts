@@ -308,9 +308,21 @@ export class Relay {
         database: naming.database,
       },
     }));
-    await sink.send(messages);
+    // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease:
+    // then a standby may be shipping this very batch, so do not send it as well.
+    if (!dryRun && (this.lease !== lease || performance.now() > this.leaseTrustedUntil)) {
+      await this.resign('lease not trusted any more before sending; the batch stays queued', false);
+      return 'empty';
+    }
+    const refused = await sink.send(messages);
+    for (const problem of refused) {
+      const event = shippable.find((e) => topicOf.get(e.tableOid) === problem.topic);
+      if (event) this.block(event, problem.topic, problem.reason, BLOCKED_RETRY_MS.permanent);
+    }
 
-    const ids = [...new Set(shippable.map((e) => e.id))];
+    const ids = [
+      ...new Set(shippable.filter((e) => !this.blocked.has(e.tableOid)).map((e) => e.id)),
+    ];
     if (dryRun) {
       this.dryRunAfterId = batch.at(-1)?.id;
     } else if (ids.length > 0 && lease) {

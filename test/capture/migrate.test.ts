@@ -117,3 +117,14 @@ test('the migrate command migrates the database at DATABASE_URL', () => {
   assert.equal(result.status, 0, result.stderr);
   assert.match(result.stderr, /schema pg2kafka is up to date/);
 });
+
+test('advisory lock keys are distinct, and the SQL wake key is the one the relay uses', async () => {
+  const { MIGRATION_LOCK, REPEATABLE_SQL_LOCK, WAKE_LOCK } =
+    await import('../../src/capture/locks.ts');
+  assert.equal(new Set([MIGRATION_LOCK, REPEATABLE_SQL_LOCK, WAKE_LOCK]).size, 3);
+  const [row] = await db.sql<{ key: string }[]>`select pg2kafka.wake_lock_key()::text as key`;
+  assert.equal(row?.key, String(WAKE_LOCK));
+  const [trigger] = await db.sql<{ body: string }[]>`
+    select prosrc as body from pg_proc where oid = 'pg2kafka.wake_relay()'::regprocedure`;
+  assert.ok(trigger?.body.includes(String(WAKE_LOCK)), 'wake_relay() tests the same key');
+});
