@@ -25,6 +25,9 @@ SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '500ms'
 AS $$
 BEGIN
+  IF mode NOT IN ('SHARE ROW EXCLUSIVE', 'ACCESS EXCLUSIVE') THEN
+    RAISE EXCEPTION 'pg2kafka.lock_table: unexpected lock mode %', mode;
+  END IF;
   FOR attempt IN 1..attempts LOOP
     BEGIN
       EXECUTE format('LOCK TABLE %s IN %s MODE', tbl, mode);
@@ -139,6 +142,13 @@ BEGIN
   IF rel.nspname = 'pg2kafka' THEN
     RAISE EXCEPTION 'pg2kafka does not capture its own tables (%)', qualified
       USING ERRCODE = 'wrong_object_type';
+  END IF;
+
+  -- setup runs as pg2kafka's owner; the snapshot copies every row into the queue. So the
+  -- role that logged in must itself be able to read the table.
+  IF NOT has_table_privilege(session_user, table_name_ref, 'SELECT') THEN
+    RAISE EXCEPTION 'permission denied: % may not read %, so it may not capture it', session_user, qualified
+      USING ERRCODE = 'insufficient_privilege';
   END IF;
 
   SELECT a.attnum INTO key_attnum

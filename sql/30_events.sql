@@ -14,8 +14,9 @@
 -- DELETE of the old key, and part 1, an INSERT of the full row under the new key, so
 -- each key's history stays on its own partition. Order events by (id, part).
 --
--- external_id is the key column's value as JSON text, printed with the settings pinned
--- by the triggers: strings and numbers exactly, timestamps as ISO 8601 in UTC.
+-- external_id is the key column's JSON value as text (->>: strings unquoted), printed with
+-- the settings pinned by the triggers: strings and numbers exactly, timestamps as ISO 8601
+-- in UTC.
 -- uuid is a name-based (version 3, RFC 4122) uuid of the install's event_namespace and
 -- "<id>" (or "<id>:old-key" for a DELETE half): stable across re-reads and re-sends,
 -- so consumers can drop duplicates, and unique across reinstalls.

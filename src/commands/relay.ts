@@ -9,6 +9,7 @@
 import postgres from 'postgres';
 import { migrate } from '../capture/migrate.ts';
 import { describeConfig, type Config } from '../config.ts';
+import { isTransientDatabaseError } from '../errors.ts';
 import { DryRunSink } from '../kafka/dry-run-sink.ts';
 import { createKafka, KafkajsSink } from '../kafka/kafkajs-sink.ts';
 import type { EventSink } from '../kafka/sink.ts';
@@ -103,6 +104,7 @@ async function migrateWithRetry(
       logger.info(result, 'schema pg2kafka migrated');
       return;
     } catch (error) {
+      if (!isTransientDatabaseError(error)) throw error;
       const retryInMs = backoffDelay(attempt);
       logger.warn(
         { attempt, retryInMs, err: error },

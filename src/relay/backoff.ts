@@ -1,6 +1,6 @@
 /**
  * The one backoff policy for retrying transient faults (Kafka unreachable, PostgreSQL
- * restarting, a lost connection): capped exponential with full jitter.
+ * restarting, a lost connection): capped exponential with equal jitter.
  *
  *   attempt:   1     2     3     4     5     6     7     8 ...
  *   ceiling:  200ms 400ms 800ms 1.6s  3.2s  6.4s  12.8s 15s (cap)

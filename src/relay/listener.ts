@@ -95,6 +95,7 @@ export class IdleFlag {
     this.sql = postgres(databaseUrl, {
       max: 1,
       idle_timeout: 0,
+      max_lifetime: 0,
       connect_timeout: 10,
       connection: { application_name: 'pg2kafka relay idle flag' },
       onnotice: () => undefined,

@@ -158,9 +158,10 @@ export class Relay {
             (await idleFlag.raise())
           ) {
             // Writers notify from now on. A change committed between the empty fetch and
-            // the flag did not: poll once more before sleeping.
+            // the flag did not: poll once more before sleeping. Rows found: lower the flag
+            // before shipping them, so writers stop notifying while the relay is busy.
             try {
-              shipped = await this.shipBatch();
+              shipped = await this.shipBatch(() => idleFlag.lower());
               if (shipped === 'empty' && !this.woken()) await this.sleep(idleWait, true);
             } finally {
               await idleFlag.lower();
@@ -255,7 +256,7 @@ export class Relay {
   }
 
   /** Ships one batch; says whether it was empty, partial or full. */
-  private async shipBatch(): Promise<'empty' | 'partial' | 'full'> {
+  private async shipBatch(onRows?: () => Promise<void>): Promise<'empty' | 'partial' | 'full'> {
     const { queue, sink, batchSize, dryRun } = this.options;
     this.unblockDueTables();
     const lease = this.lease;
@@ -266,6 +267,7 @@ export class Relay {
       ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
     });
     if (batch.length === 0) return 'empty';
+    await onRows?.();
     const started = performance.now();
     const naming = await this.topicNaming();
 
