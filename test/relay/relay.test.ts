@@ -288,7 +288,11 @@ test('an event larger than its topic accepts holds back only its table', async (
   assert.equal(
     await Promise.race([
       r.exited.then(() => 'exited'),
-      new Promise((res) => setTimeout(() => { res('running'); }, 10)),
+      new Promise((res) =>
+        setTimeout(() => {
+          res('running');
+        }, 10),
+      ),
     ]),
     'running',
   );
