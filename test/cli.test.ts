@@ -381,3 +381,26 @@ test('an error never shows the password of DATABASE_URL', async () => {
     assert.ok(!result.stdout.includes('s3cret'), `password leaked: ${result.stdout}`);
   }
 });
+
+test('status flags a table whose external id column was renamed', async () => {
+  await db.sql`create table renamed_key (id int primary key, v text)`;
+  await db.sql`select pg2kafka.setup('renamed_key', 'id')`;
+  await db.sql`alter table renamed_key rename column id to ident`;
+  const json = await runCli(['status', '--json'], env());
+  assert.equal(json.code, 0, json.stderr);
+  const status = JSON.parse(json.stdout) as {
+    tables: Array<{ table: string; keyColumnExists: boolean }>;
+  };
+  assert.deepEqual(
+    status.tables.filter((t) => t.table === 'public.renamed_key'),
+    [{ ...status.tables.find((t) => t.table === 'public.renamed_key'), keyColumnExists: false }],
+  );
+  assert.ok(
+    status.tables.filter((t) => t.table !== 'public.renamed_key').every((t) => t.keyColumnExists),
+  );
+  const text = await runCli(['status'], env());
+  assert.match(
+    text.stdout,
+    /public\.renamed_key key=id \(KEY COLUMN MISSING: renamed or dropped; run teardown and setup again\)/,
+  );
+});

@@ -16,6 +16,8 @@ export interface Status {
     externalIdColumn: string;
     fullRow: boolean;
     capturing: boolean;
+    /** False when the external id column was renamed or dropped: keys come out NULL. */
+    keyColumnExists: boolean;
     queued: number;
     oldestAgeSeconds: number | null;
   }>;
@@ -41,12 +43,15 @@ export async function statusCommand(config: Config): Promise<Status> {
         column: string;
         full_row: boolean;
         capturing: boolean;
+        key_exists: boolean;
         queued: string;
         oldest: number | null;
       }[]
     >`
       select coalesce(format('%I.%I', n.nspname, c.relname), format('%I.%I', t.schema_name, t.table_name) || ' (dropped)') as table,
              t.external_id_column as column, t.full_row, t.capturing,
+             exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
+                     and a.attname = t.external_id_column and not a.attisdropped) as key_exists,
              coalesce(q.queued, 0)::text as queued, q.oldest
       from pg2kafka.tracked_tables t
       left join pg_class c on c.oid = t.table_oid
@@ -72,6 +77,7 @@ export async function statusCommand(config: Config): Promise<Status> {
         externalIdColumn: t.column,
         fullRow: t.full_row,
         capturing: t.capturing,
+        keyColumnExists: t.key_exists,
         queued: Number(t.queued),
         oldestAgeSeconds: t.oldest,
       })),
@@ -90,7 +96,8 @@ export function formatStatus(status: Status): string {
     status.tables.length === 0 ? 'tables: none set up' : 'tables:',
     ...status.tables.map(
       (t) =>
-        `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.capturing ? '' : ' (torn down)'}: ` +
+        `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.capturing ? '' : ' (torn down)'}` +
+        `${t.keyColumnExists ? '' : ' (KEY COLUMN MISSING: renamed or dropped; run teardown and setup again)'}: ` +
         `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
     ),
   ];
