@@ -52,17 +52,21 @@ export class EventQueue {
 
   /**
    * The next batch of visible events in shipping order (id, part). With a lease, returns
-   * nothing unless the lease is still valid. `afterId` is only for DRY_RUN, which deletes
+   * nothing unless the lease is still valid. Reading the next batch while the previous
+   * one is sent keeps per-key order: for one key, a visible id means every lower id of
+   * that key was visible before, so it was in the previous (lowest-ids) batch. `afterId` is only for DRY_RUN, which deletes
    * nothing and must not print an event twice.
    */
   async fetch(options: {
     limit: number;
     lease: Lease | undefined;
     skipTables: string[];
+    /** Changes of the batch still being sent: the next batch is read while it is. */
+    excludeIds?: string[];
     afterId?: string;
   }): Promise<QueuedEvent[]> {
     const { sql } = this;
-    const { limit, lease, skipTables, afterId } = options;
+    const { limit, lease, skipTables, excludeIds = [], afterId } = options;
     return sql<QueuedEvent[]>`
       select e.id::text as id, e.part, e.table_oid::int8::text as table_oid, e.schema_name, e.table_name,
              e.external_id, e.statement, e.uuid::text as uuid,
@@ -78,6 +82,7 @@ export class EventQueue {
       where e.id in (
         select c.id from pg2kafka.captured_changes c
         where c.table_oid <> all(${skipTables}::oid[])
+          and c.id <> all(${excludeIds}::int8[])
           ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
         order by c.id
         limit ${limit}

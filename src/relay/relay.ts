@@ -84,6 +84,12 @@ export class Relay {
   private naming: TopicNaming | undefined;
   private readonly blocked = new Map<string, BlockedTable>();
   private dryRunAfterId: string | undefined;
+  /**
+   * The next batch, read while the current one is sent (only after a full batch, when
+   * more is likely waiting). Dropped on any error or change of lease: after a failed
+   * send it would skip the unsent batch.
+   */
+  private prefetched: { lease: Lease | undefined; batch: Promise<QueuedEvent[]> } | undefined;
 
   constructor(private readonly options: RelayOptions) {
     this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -171,6 +177,7 @@ export class Relay {
           }
           if (!this.woken()) await this.sleep(idleWait, true);
         } catch (error) {
+          this.prefetched = undefined;
           errorAttempt += 1;
           const retryInMs = backoffDelay(errorAttempt);
           this.emit({ type: 'error', stage: 'ship', error, attempt: errorAttempt, retryInMs });
@@ -219,6 +226,7 @@ export class Relay {
   /** Stops leading; releases the lease in the database unless it is already gone. */
   private async resign(reason: string, release = true): Promise<void> {
     const lease = this.lease;
+    this.prefetched = undefined;
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = undefined;
     if (!lease) return;
@@ -260,13 +268,29 @@ export class Relay {
     const { queue, sink, batchSize, dryRun } = this.options;
     this.unblockDueTables();
     const lease = this.lease;
-    const batch = await queue.fetch({
-      limit: batchSize,
-      lease,
-      skipTables: [...this.blocked.keys()],
-      ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
-    });
+    const prefetched = this.prefetched;
+    this.prefetched = undefined;
+    const batch =
+      prefetched && prefetched.lease === lease
+        ? await prefetched.batch
+        : await queue.fetch({
+            limit: batchSize,
+            lease,
+            skipTables: [...this.blocked.keys()],
+            ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
+          });
     if (batch.length === 0) return 'empty';
+    const changesFetched = new Set(batch.map((e) => e.id)).size;
+    if (!dryRun && changesFetched >= batchSize) {
+      const next = queue.fetch({
+        limit: batchSize,
+        lease,
+        skipTables: [...this.blocked.keys()],
+        excludeIds: [...new Set(batch.map((e) => e.id))],
+      });
+      next.catch(() => undefined); // a failure surfaces when the next batch awaits it
+      this.prefetched = { lease, batch: next };
+    }
     await onRows?.();
     const started = performance.now();
     const naming = await this.topicNaming();
@@ -343,7 +367,6 @@ export class Relay {
       topics: new Set(messages.map((m) => m.topic)).size,
       ms: Math.round(performance.now() - started),
     });
-    const changesFetched = new Set(batch.map((e) => e.id)).size;
     return changesFetched >= batchSize ? 'full' : 'partial';
   }
 
