@@ -251,12 +251,28 @@ export class KafkaBroker {
     this.configDir = join(dataDir, 'config');
   }
 
-  /** Resolves the runtime, formats fresh storage on free ports, starts and waits for ready. */
+  /**
+   * Resolves the runtime, formats fresh storage on free ports, starts and waits for ready.
+   * A failed attempt (a port taken between probe and bind, a JVM that died) is retried
+   * once on new ports, with the first failure's output kept in the error if both fail.
+   */
   static async start(options: KafkaBrokerOptions = {}): Promise<KafkaBroker> {
     const runtime = await resolveKafkaRuntime(
       options.version ?? kafkaVersionFromEnv(),
       options.cacheDir,
     );
+    try {
+      return await KafkaBroker.startOnce(runtime, options);
+    } catch (first) {
+      process.stderr.write(`[kafka] start failed, trying again: ${(first as Error).message}\n`);
+      return KafkaBroker.startOnce(runtime, options);
+    }
+  }
+
+  private static async startOnce(
+    runtime: KafkaRuntime,
+    options: KafkaBrokerOptions,
+  ): Promise<KafkaBroker> {
     const port = await freePort();
     let controllerPort = await freePort();
     while (controllerPort === port) controllerPort = await freePort();
