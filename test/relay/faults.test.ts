@@ -5,41 +5,15 @@
  * by uuid, and the relay never exited by itself.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { Kafka, logLevel, type Consumer } from 'kafkajs';
 import { KafkaBroker } from '../../scripts/kafka-broker.ts';
-import { migrated } from '../capture/support.ts';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
-import { RelayProcess } from './support.ts';
+import { useRelays } from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
-const running: RelayProcess[] = [];
-
-function relay(env: Record<string, string> = {}): RelayProcess {
-  const r = new RelayProcess({
-    DATABASE_URL: db.url,
-    KAFKA_BROKERS: kafka.brokers.join(','),
-    ...env,
-  });
-  running.push(r);
-  return r;
-}
-
-before(async () => {
-  await migrated(db);
-});
-
-after(async () => {
-  await Promise.all(running.map((r) => r.kill()));
-});
-
-async function queueDepth(): Promise<number> {
-  const [row] = await db.sql<
-    { n: number }[]
-  >`select count(*)::int as n from pg2kafka.captured_changes`;
-  return row?.n ?? -1;
-}
+const { relay, queueDepth } = useRelays(db, kafka);
 
 interface Received {
   key: string | null;

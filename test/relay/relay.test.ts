@@ -3,39 +3,13 @@
  * and results read back with a real consumer.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { migrated } from '../capture/support.ts';
+import { test } from 'node:test';
 import { useKafka, useTestDatabase, waitFor } from '../helpers.ts';
-import { RelayProcess } from './support.ts';
+import { useRelays } from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
-const running: RelayProcess[] = [];
-
-function relay(env: Record<string, string> = {}): RelayProcess {
-  const r = new RelayProcess({
-    DATABASE_URL: db.url,
-    KAFKA_BROKERS: kafka.brokers.join(','),
-    ...env,
-  });
-  running.push(r);
-  return r;
-}
-
-before(async () => {
-  await migrated(db);
-});
-
-after(async () => {
-  await Promise.all(running.map((r) => r.kill()));
-});
-
-async function queueDepth(): Promise<number> {
-  const [row] = await db.sql<
-    { n: number }[]
-  >`select count(*)::int as n from pg2kafka.captured_changes`;
-  return row?.n ?? -1;
-}
+const { relay, queueDepth } = useRelays(db, kafka);
 
 test('the walk-through arrives on pg2kafka.<db>.products with exact keys, values, headers and timestamps', async () => {
   await db.sql`create table products (id serial, sku text primary key, name text not null)`;
@@ -298,4 +272,27 @@ test('an event larger than its topic accepts holds back only its table', async (
   );
   await r.stop();
   await db.sql`delete from pg2kafka.captured_changes`;
+});
+
+test('the startup log shows the effective configuration without secrets', async () => {
+  const url = new URL(db.url);
+  url.password = 'S3cr3t-pw';
+  const r = relay({
+    DATABASE_URL: url.toString(),
+    KAFKA_SASL_MECHANISM: 'plain',
+    KAFKA_SASL_USERNAME: 'alice',
+    KAFKA_SASL_PASSWORD: 'Sasl-S3cr3t',
+    DRY_RUN: 'true',
+  });
+  const started = await r.waitForLog('pg2kafka relay starting');
+  await r.stop();
+  const config = started.config as {
+    databaseUrl: string;
+    sasl: { username: string; password: string };
+  };
+  assert.match(config.databaseUrl, /:\*\*\*@/);
+  assert.deepEqual(config.sasl, { mechanism: 'plain', username: 'alice', password: '***' });
+  const everything = r.stderrText.join('\n') + r.stdout.join('\n');
+  assert.ok(!everything.includes('S3cr3t-pw'), 'database password in output');
+  assert.ok(!everything.includes('Sasl-S3cr3t'), 'SASL password in output');
 });

@@ -1,7 +1,9 @@
 /** Runs the relay as a real child process (`pg2kafka relay`), as a user or container would. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { deferred, waitFor } from '../helpers.ts';
+import { after, before } from 'node:test';
+import { migrate } from '../../src/capture/migrate.ts';
+import { deferred, waitFor, type Sql } from '../helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -97,4 +99,39 @@ export async function runCli(
   child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   return { code, stdout, stderr };
+}
+
+/**
+ * For relay test files: migrates the file's database before its tests, starts relays on
+ * it (killed after the file if a test left one running), and reads the queue depth.
+ */
+export function useRelays(
+  db: { url: string; sql: Sql; ready: Promise<void> },
+  kafka: { brokers: string[] },
+): { relay: (env?: Record<string, string>) => RelayProcess; queueDepth: () => Promise<number> } {
+  const running: RelayProcess[] = [];
+  before(async () => {
+    await db.ready;
+    await migrate({ databaseUrl: db.url });
+  });
+  after(async () => {
+    await Promise.all(running.map((r) => r.kill()));
+  });
+  return {
+    relay(env = {}) {
+      const r = new RelayProcess({
+        DATABASE_URL: db.url,
+        KAFKA_BROKERS: kafka.brokers.join(','),
+        ...env,
+      });
+      running.push(r);
+      return r;
+    },
+    async queueDepth() {
+      const [row] = await db.sql<
+        { n: number }[]
+      >`select count(*)::int as n from pg2kafka.captured_changes`;
+      return row?.n ?? -1;
+    },
+  };
 }
