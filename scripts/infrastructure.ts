@@ -5,19 +5,9 @@
  */
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
+import { redactUrl } from '../src/config.ts';
 
 export const DEFAULT_ADMIN_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
-
-/** The URL with any password replaced, for messages. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
 
 export async function checkPostgres(url: string): Promise<string> {
   const sql = postgres(url, { max: 1, connect_timeout: 5, onnotice: () => undefined });
@@ -56,6 +46,56 @@ export async function checkKafka(brokers: string[]): Promise<void> {
       { cause: error },
     );
   } finally {
+    await admin.disconnect();
+  }
+}
+
+/**
+ * Makes a fresh broker ready for consumer groups: the first group join creates the
+ * __consumer_offsets topic, and until it has leaders kafkajs consumers answer "group
+ * coordinator not available" and can burn a test's whole timeout. One throwaway group
+ * absorbs that once, before any test runs.
+ */
+export async function warmUpConsumerGroups(brokers: string[], timeoutMs = 90_000): Promise<void> {
+  const kafka = new Kafka({ clientId: 'pg2kafka-warm-up', brokers, logLevel: logLevel.NOTHING });
+  const topic = `pg2kafka-warm-up-${Date.now()}`;
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const consumer = kafka.consumer({ groupId: `${topic}-group` });
+      try {
+        await consumer.connect();
+        await consumer.subscribe({ topics: [topic], fromBeginning: true });
+        const joined = new Promise<void>((resolve) => {
+          consumer.on(consumer.events.GROUP_JOIN, () => {
+            resolve();
+          });
+        });
+        await consumer.run({ eachMessage: () => Promise.resolve() });
+        await Promise.race([
+          joined,
+          new Promise((_, reject) =>
+            setTimeout(() => {
+              reject(new Error('no group join yet'));
+            }, 20_000),
+          ),
+        ]);
+        return;
+      } catch (error) {
+        if (Date.now() > deadline) {
+          throw new Error(
+            `Kafka consumer groups are not ready after ${timeoutMs} ms: ${(error as Error).message}`,
+          );
+        }
+      } finally {
+        await consumer.disconnect();
+      }
+    }
+  } finally {
+    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
     await admin.disconnect();
   }
 }

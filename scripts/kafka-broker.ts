@@ -167,16 +167,40 @@ function newClusterId(): string {
   return randomBytes(16).toString('base64url');
 }
 
-function serverProperties(port: number, controllerPort: number, dataDir: string): string {
+/** SASL/PLAIN users (name -> password) for a broker that requires authentication. */
+export type SaslUsers = Record<string, string>;
+
+const INTER_BROKER_USER = ['pg2kafka-broker', 'inter-broker-secret'] as const;
+
+function serverProperties(
+  port: number,
+  controllerPort: number,
+  dataDir: string,
+  saslUsers: SaslUsers | undefined,
+): string {
+  const client = saslUsers ? 'SASL_PLAINTEXT' : 'PLAINTEXT';
+  const sasl = saslUsers
+    ? [
+        'sasl.enabled.mechanisms=PLAIN',
+        'sasl.mechanism.inter.broker.protocol=PLAIN',
+        `listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required ` +
+          `username="${INTER_BROKER_USER[0]}" password="${INTER_BROKER_USER[1]}" ` +
+          Object.entries({ ...saslUsers, [INTER_BROKER_USER[0]]: INTER_BROKER_USER[1] })
+            .map(([user, password]) => `user_${user}="${password}"`)
+            .join(' ') +
+          ';',
+      ]
+    : [];
   return [
     'process.roles=broker,controller',
     'node.id=1',
     `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+    `listeners=${client}://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+    `advertised.listeners=${client}://127.0.0.1:${port}`,
     'controller.listener.names=CONTROLLER',
-    'inter.broker.listener.name=PLAINTEXT',
-    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `inter.broker.listener.name=${client}`,
+    `listener.security.protocol.map=CONTROLLER:PLAINTEXT,${client}:${client}`,
+    ...sasl,
     `log.dirs=${join(dataDir, 'logs')}`,
     'num.partitions=1',
     // Topics are created by the code under test (or its tests), as on real clusters.
@@ -230,6 +254,8 @@ export interface KafkaBrokerOptions {
   cacheDir?: string;
   /** Receives every broker log line (default: kept only in the tail shown on failure). */
   onLogLine?: (line: string) => void;
+  /** Require SASL/PLAIN authentication on the client listener, with these users. */
+  saslUsers?: SaslUsers;
 }
 
 export class KafkaBroker {
@@ -246,6 +272,7 @@ export class KafkaBroker {
     readonly controllerPort: number,
     readonly dataDir: string,
     private readonly onLogLine: ((line: string) => void) | undefined,
+    private readonly saslUsers: SaslUsers | undefined,
   ) {
     this.brokers = `127.0.0.1:${port}`;
     this.configDir = join(dataDir, 'config');
@@ -277,7 +304,14 @@ export class KafkaBroker {
     let controllerPort = await freePort();
     while (controllerPort === port) controllerPort = await freePort();
     const dataDir = await mkdtemp(join(tmpdir(), 'pg2kafka-kafka-'));
-    const broker = new KafkaBroker(runtime, port, controllerPort, dataDir, options.onLogLine);
+    const broker = new KafkaBroker(
+      runtime,
+      port,
+      controllerPort,
+      dataDir,
+      options.onLogLine,
+      options.saslUsers,
+    );
     try {
       await broker.format();
       await broker.start();
@@ -305,7 +339,10 @@ export class KafkaBroker {
   private async format(): Promise<void> {
     await mkdir(this.configDir, { recursive: true });
     const props = join(this.configDir, 'server.properties');
-    await writeFile(props, serverProperties(this.port, this.controllerPort, this.dataDir));
+    await writeFile(
+      props,
+      serverProperties(this.port, this.controllerPort, this.dataDir, this.saslUsers),
+    );
     await writeFile(join(this.configDir, 'log4j2.properties'), LOG4J2_PROPERTIES);
     await writeFile(join(this.configDir, 'log4j.properties'), LOG4J1_PROPERTIES);
     const result = spawnSync(

@@ -16,8 +16,9 @@ import {
   checkKafka,
   checkPostgres,
   DEFAULT_ADMIN_DATABASE_URL,
-  redactUrl,
+  warmUpConsumerGroups,
 } from './infrastructure.ts';
+import { redactUrl } from '../src/config.ts';
 import { KafkaBroker } from './kafka-broker.ts';
 
 const TEST_ROOT = 'test';
@@ -61,6 +62,11 @@ async function main(): Promise<number> {
   }
 
   try {
+    if (broker) {
+      const t0 = Date.now();
+      await warmUpConsumerGroups([broker.brokers]);
+      log(`consumer groups ready in ${Date.now() - t0} ms`);
+    }
     return await runTests(databaseUrl, brokers, started);
   } finally {
     if (broker) {
