@@ -40,13 +40,6 @@ export interface Lease {
   epoch: string;
 }
 
-export interface LeaseState {
-  holder: string | null;
-  epoch: string;
-  active: boolean;
-  expiresInMs: number | null;
-}
-
 export class EventQueue {
   constructor(private readonly sql: postgres.Sql) {}
 
@@ -125,23 +118,6 @@ export class EventQueue {
     await this.sql`
       update pg2kafka.relay_lease set expires_at = '-infinity'
       where holder = ${lease.holder} and epoch = ${lease.epoch}::int8`;
-  }
-
-  async leaseState(): Promise<LeaseState> {
-    const [row] = await this.sql<
-      { holder: string | null; epoch: string; active: boolean; expires_in_ms: number | null }[]
-    >`
-      select holder, epoch::text as epoch, expires_at > clock_timestamp() as active,
-             case when expires_at > clock_timestamp()
-                  then (extract(epoch from expires_at - clock_timestamp()) * 1000)::int end as expires_in_ms
-      from pg2kafka.relay_lease`;
-    if (!row) throw new Error('pg2kafka.relay_lease is empty: run pg2kafka migrate');
-    return {
-      holder: row.holder,
-      epoch: row.epoch,
-      active: row.active,
-      expiresInMs: row.expires_in_ms,
-    };
   }
 
   /** The database name, the third part of topic names. */

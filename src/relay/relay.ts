@@ -129,10 +129,6 @@ export class Relay {
     return this.wakeRequested;
   }
 
-  get isActive(): boolean {
-    return this.options.dryRun || this.lease !== undefined;
-  }
-
   private async run(): Promise<void> {
     let idleWait = MIN_POLL_MS;
     let errorAttempt = 0;
