@@ -56,7 +56,14 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         break;
       case 'batch':
         logger.debug(
-          { events: event.events, changes: event.changes, topics: event.topics, ms: event.ms },
+          {
+            events: event.events,
+            changes: event.changes,
+            topics: event.topics,
+            ms: event.ms,
+            oldestAgeMs: event.oldestAgeMs,
+            fetchMs: event.fetchMs,
+          },
           'batch shipped',
         );
         break;

@@ -9,7 +9,7 @@
  *                         a wake-up (NOTIFY, or a caller) cuts the sleep short, and a
  *                         wake-up that came while fetching skips the next sleep
  *               -> events: make sure topics exist, send with acks = all, then delete
- *                         exactly the acked ids (lease-fenced); a full batch loops at once
+ *                         exactly the acked ids (lease-fenced), and fetch again at once
  *   backoff   any error: one log line, sleep backoffDelay(attempt), back to the loop.
  *             Nothing ends the process but stop(): events stay queued meanwhile.
  *   stopping  stop(): the sleep is cut short, the batch in flight finishes (or is
@@ -45,7 +45,17 @@ const BLOCKED_RETRY_MS = { retriable: 5_000, permanent: 60_000 };
 
 export type RelayEvent =
   | { type: 'leadership'; active: boolean; epoch?: string; reason: string }
-  | { type: 'batch'; events: number; changes: number; topics: number; ms: number }
+  | {
+      type: 'batch';
+      events: number;
+      changes: number;
+      topics: number;
+      ms: number;
+      /** Age of the batch's oldest event when Kafka acknowledged it (created_at to ack). */
+      oldestAgeMs: number;
+      /** Time spent reading the batch (0 when it was read during the previous send). */
+      fetchMs: number;
+    }
   | { type: 'error'; stage: string; error: unknown; attempt: number; retryInMs: number }
   | { type: 'table-blocked'; table: string; topic: string; reason: string; retryInMs: number }
   | { type: 'table-unblocked'; table: string }
@@ -147,8 +157,8 @@ export class Relay {
             continue;
           }
           if (shipped === 'partial') {
+            // Events are flowing: fetch again at once; the next empty poll starts the backoff.
             idleWait = MIN_POLL_MS;
-            if (!this.woken()) await this.sleep(MIN_POLL_MS, true);
             continue;
           }
           idleWait = Math.min(idleWait * 2, this.options.pollIntervalMs);
@@ -266,6 +276,7 @@ export class Relay {
     const lease = this.lease;
     const prefetched = this.prefetched;
     this.prefetched = undefined;
+    const fetchStarted = performance.now();
     const batch =
       prefetched && prefetched.lease === lease
         ? await prefetched.batch
@@ -276,6 +287,7 @@ export class Relay {
             ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
           });
     if (batch.length === 0) return 'empty';
+    const fetchMs = Math.round(performance.now() - fetchStarted);
     const changesFetched = new Set(batch.map((e) => e.id)).size;
     if (!dryRun && changesFetched >= batchSize) {
       const next = queue.fetch({
@@ -362,6 +374,8 @@ export class Relay {
       changes: ids.length,
       topics: new Set(messages.map((m) => m.topic)).size,
       ms: Math.round(performance.now() - started),
+      oldestAgeMs: Date.now() - Number(batch[0]?.timestampMs ?? Date.now()),
+      fetchMs,
     });
     return changesFetched >= batchSize ? 'full' : 'partial';
   }
