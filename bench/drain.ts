@@ -14,8 +14,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
-import { KafkaBroker } from '../scripts/kafka-broker.ts';
-import { migrate } from '../src/capture/migrate.ts';
+import { benchDatabase, benchKafka } from './support.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const i = process.argv.indexOf('--events');
@@ -31,20 +30,12 @@ function procStats(pid: number): { rssMb: number; cpuSeconds: number } {
 }
 
 async function main(): Promise<void> {
-  const adminUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const dbName = `pg2kafka_bench_drain_${process.pid}`;
-  const url = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
-  let broker: KafkaBroker | undefined;
-  let brokers = process.env.KAFKA_BROKERS;
-  if (!brokers) {
-    broker = await KafkaBroker.start();
-    brokers = broker.brokers;
-  }
-  await admin.unsafe(`create database "${dbName}"`);
+  const kafkaForBench = await benchKafka();
+  const { brokers } = kafkaForBench;
+  const db = await benchDatabase('drain');
+  const { url, name: dbName } = db;
   const sql = postgres(url, { max: 1, onnotice: () => undefined });
   try {
-    await migrate({ databaseUrl: url });
     await sql`create table items (id bigserial primary key, sku text not null, name text not null, description text, price numeric(12, 2), qty int, updated_at timestamptz default now())`;
     await sql`select pg2kafka.setup('items', 'sku')`;
     await sql`
@@ -100,9 +91,8 @@ async function main(): Promise<void> {
     ]);
   } finally {
     await sql.end({ timeout: 2 });
-    await admin.unsafe(`drop database if exists "${dbName}" with (force)`);
-    await admin.end({ timeout: 2 });
-    await broker?.destroy();
+    await db.drop();
+    await kafkaForBench.stop();
   }
 }
 

@@ -14,8 +14,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
-import { KafkaBroker } from '../scripts/kafka-broker.ts';
-import { migrate } from '../src/capture/migrate.ts';
+import { benchDatabase, benchKafka } from './support.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -55,17 +54,10 @@ function createdAtMs(value: string): number {
 }
 
 async function main(): Promise<void> {
-  const adminUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const dbName = `pg2kafka_bench_latency_${process.pid}`;
-  const url = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
-  let broker: KafkaBroker | undefined;
-  let brokers = process.env.KAFKA_BROKERS;
-  if (!brokers) {
-    broker = await KafkaBroker.start();
-    brokers = broker.brokers;
-  }
-  await admin.unsafe(`create database "${dbName}"`);
+  const kafkaForBench = await benchKafka();
+  const { brokers } = kafkaForBench;
+  const db = await benchDatabase('latency');
+  const { url, name: dbName } = db;
   const sql = postgres(url, { max: 4, onnotice: () => undefined });
   const relay = { process: undefined as ReturnType<typeof spawn> | undefined };
   const kafka = new Kafka({
@@ -75,7 +67,6 @@ async function main(): Promise<void> {
   });
   const consumer = kafka.consumer({ groupId: `bench-latency-${process.pid}` });
   try {
-    await migrate({ databaseUrl: url });
     await sql`create table readings (id bigserial primary key, sensor text not null, value float8 not null)`;
     await sql`select pg2kafka.setup('readings', 'id')`;
     await sql`insert into readings (sensor, value) values ('seed', 0)`;
@@ -151,9 +142,8 @@ async function main(): Promise<void> {
     relay.process?.kill('SIGTERM');
     if (relay.process) await new Promise((r) => relay.process?.once('exit', r));
     await sql.end({ timeout: 2 });
-    await admin.unsafe(`drop database if exists "${dbName}" with (force)`);
-    await admin.end({ timeout: 2 });
-    await broker?.destroy();
+    await db.drop();
+    await kafkaForBench.stop();
   }
 }
 

@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import postgres from 'postgres';
-import { migrate } from '../src/capture/migrate.ts';
+import { benchDatabase } from './support.ts';
 
 interface Case {
   name: string;
@@ -105,15 +105,11 @@ function pgbench(url: string, script: string, c: Case): number {
 }
 
 async function main(): Promise<void> {
-  const adminUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const dbName = `pg2kafka_bench_${process.pid}`;
-  const url = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
+  const db = await benchDatabase('writers');
+  const { url } = db;
   const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
-  await admin.unsafe(`create database "${dbName}"`);
   const sql = postgres(url, { max: 1, onnotice: () => undefined });
   try {
-    await migrate({ databaseUrl: url });
     for (const table of SIDES) {
       await sql.unsafe(`
         create table ${table} (
@@ -178,8 +174,7 @@ async function main(): Promise<void> {
     console.table(report);
   } finally {
     await sql.end({ timeout: 5 });
-    await admin.unsafe(`drop database if exists "${dbName}" with (force)`);
-    await admin.end({ timeout: 5 });
+    await db.drop();
     rmSync(work, { recursive: true, force: true });
   }
 }

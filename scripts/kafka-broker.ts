@@ -462,7 +462,11 @@ export class KafkaBroker {
   }
 }
 
-function splitLines(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void): void {
+/** Calls `onLine` with each complete line the stream produces. */
+export function splitLines(
+  stream: NodeJS.ReadableStream | null,
+  onLine: (line: string) => void,
+): void {
   if (!stream) return;
   let buffered = '';
   stream.setEncoding('utf8');

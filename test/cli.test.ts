@@ -9,6 +9,7 @@ import { before, test } from 'node:test';
 import { migrated, queuedChanges } from './capture/support.ts';
 import { useTestDatabase } from './helpers.ts';
 import { runCli } from './relay/support.ts';
+import type { Status } from '../src/commands/status.ts';
 
 const db = useTestDatabase();
 
@@ -296,18 +297,7 @@ test('status and status --json: tracked tables, queued counts, no active relay',
 
   const json = await runCli(['status', '--json'], env());
   assert.equal(json.code, 0, json.stderr);
-  const status = JSON.parse(json.stdout) as {
-    relay: { active: boolean; holder: string | null };
-    queue: { events: number; oldestAgeSeconds: number | null };
-    tables: Array<{
-      table: string;
-      externalIdColumn: string;
-      fullRow: boolean;
-      capturing: boolean;
-      queued: number;
-      oldestAgeSeconds: number | null;
-    }>;
-  };
+  const status = JSON.parse(json.stdout) as Status;
   assert.deepEqual(
     status.tables.map((t) => ({
       table: t.table,
@@ -388,9 +378,7 @@ test('status flags a table whose external id column was renamed', async () => {
   await db.sql`alter table renamed_key rename column id to ident`;
   const json = await runCli(['status', '--json'], env());
   assert.equal(json.code, 0, json.stderr);
-  const status = JSON.parse(json.stdout) as {
-    tables: Array<{ table: string; keyColumnExists: boolean }>;
-  };
+  const status = JSON.parse(json.stdout) as Status;
   assert.deepEqual(
     status.tables.filter((t) => t.table === 'public.renamed_key'),
     [{ ...status.tables.find((t) => t.table === 'public.renamed_key'), keyColumnExists: false }],

@@ -288,13 +288,13 @@ export class Relay {
           });
     if (batch.length === 0) return 'empty';
     const fetchMs = Math.round(performance.now() - fetchStarted);
-    const changesFetched = new Set(batch.map((e) => e.id)).size;
-    if (!dryRun && changesFetched >= batchSize) {
+    const batchIds = [...new Set(batch.map((e) => e.id))];
+    if (!dryRun && batchIds.length >= batchSize) {
       const next = queue.fetch({
         limit: batchSize,
         lease,
         skipTables: [...this.blocked.keys()],
-        excludeIds: [...new Set(batch.map((e) => e.id))],
+        excludeIds: batchIds,
       });
       next.catch(() => undefined); // a failure surfaces when the next batch awaits it
       this.prefetched = { lease, batch: next };
@@ -377,7 +377,7 @@ export class Relay {
       oldestAgeMs: Date.now() - Number(batch[0]?.timestampMs ?? Date.now()),
       fetchMs,
     });
-    return changesFetched >= batchSize ? 'full' : 'partial';
+    return batchIds.length >= batchSize ? 'full' : 'partial';
   }
 
   /** Waits `ms`, or less if stop() (or, when wakeable, wake()) comes first. */

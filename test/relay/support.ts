@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
+import { splitLines } from '../../scripts/kafka-broker.ts';
 import { migrate } from '../../src/capture/migrate.ts';
 import { deferred, waitFor, type Sql } from '../helpers.ts';
 
@@ -31,8 +32,8 @@ export class RelayProcess {
     this.child.once('exit', (code, signal) => {
       exited.resolve({ code, signal });
     });
-    lines(this.child.stdout, (line) => this.stdout.push(line));
-    lines(this.child.stderr, (line) => {
+    splitLines(this.child.stdout, (line) => this.stdout.push(line));
+    splitLines(this.child.stderr, (line) => {
       this.stderrText.push(line);
       try {
         this.logs.push(JSON.parse(line) as LogLine);
@@ -69,18 +70,6 @@ export class RelayProcess {
   kill(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     return this.stop('SIGKILL');
   }
-}
-
-function lines(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void): void {
-  if (!stream) return;
-  let buffered = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    buffered += chunk;
-    const parts = buffered.split('\n');
-    buffered = parts.pop() ?? '';
-    for (const part of parts) onLine(part);
-  });
 }
 
 /** Runs a pg2kafka command to completion. */
