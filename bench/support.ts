@@ -1,12 +1,19 @@
 /**
- * What every benchmark needs: a database of its own (created through the admin
- * DATABASE_URL, migrated, dropped afterwards) and Kafka (KAFKA_BROKERS, or the local test
- * broker started for the run).
+ * What every benchmark case needs: a database of its own (created through the admin
+ * DATABASE_URL, migrated, dropped afterwards), a relay child process to watch from
+ * /proc, and the arithmetic of medians and percentiles.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
 import { DEFAULT_ADMIN_DATABASE_URL } from '../scripts/infrastructure.ts';
-import { KafkaBroker } from '../scripts/kafka-broker.ts';
+import { splitLines } from '../scripts/kafka-broker.ts';
 import { migrate } from '../src/capture/migrate.ts';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const ADMIN_URL = process.env.DATABASE_URL ?? DEFAULT_ADMIN_DATABASE_URL;
 
 export interface BenchDatabase {
   name: string;
@@ -14,12 +21,14 @@ export interface BenchDatabase {
   drop(): Promise<void>;
 }
 
-/** Creates and migrates `pg2kafka_bench_<kind>_<pid>`. */
+let databases = 0;
+
+/** Creates and migrates `pg2kafka_bench_<kind>_<pid>_<n>`. */
 export async function benchDatabase(kind: string): Promise<BenchDatabase> {
-  const adminUrl = process.env.DATABASE_URL ?? DEFAULT_ADMIN_DATABASE_URL;
-  const name = `pg2kafka_bench_${kind}_${process.pid}`;
-  const url = Object.assign(new URL(adminUrl), { pathname: `/${name}` }).toString();
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => undefined });
+  databases += 1;
+  const name = `pg2kafka_bench_${kind}_${process.pid}_${databases}`;
+  const url = Object.assign(new URL(ADMIN_URL), { pathname: `/${name}` }).toString();
+  const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => undefined });
   await admin.unsafe(`create database "${name}"`);
   await migrate({ databaseUrl: url });
   return {
@@ -32,10 +41,150 @@ export async function benchDatabase(kind: string): Promise<BenchDatabase> {
   };
 }
 
-/** KAFKA_BROKERS if set, else a local broker that stop() removes. */
-export async function benchKafka(): Promise<{ brokers: string; stop(): Promise<void> }> {
-  const configured = process.env.KAFKA_BROKERS;
-  if (configured) return { brokers: configured, stop: () => Promise.resolve() };
-  const broker = await KafkaBroker.start();
-  return { brokers: broker.brokers, stop: () => broker.destroy() };
+/**
+ * A table shaped like a product catalogue, ~200 bytes of row JSON per row, with `rows`
+ * rows (queued as INSERT events when the table is already set up).
+ */
+export async function createItems(sql: postgres.Sql, table: string, rows: number): Promise<void> {
+  await sql.unsafe(`
+    create table ${table} (
+      id bigserial primary key, sku text not null unique, name text not null,
+      description text, price numeric(12, 2), qty int not null, updated_at timestamptz not null default now())`);
+  await fillItems(sql, table, 1, rows);
+}
+
+/** Inserts rows `from`..`to` in statements of 100k rows. */
+export async function fillItems(
+  sql: postgres.Sql,
+  table: string,
+  from: number,
+  to: number,
+): Promise<void> {
+  for (let start = from; start <= to; start += 100_000) {
+    await sql.unsafe(`
+      insert into ${table} (sku, name, description, price, qty)
+      select 'SKU-' || g, 'Product ' || g, repeat('lorem ipsum ', 8), g % 1000 + 0.99, g % 50
+      from generate_series(${start}, ${Math.min(to, start + 99_999)}) g`);
+  }
+}
+
+export async function queued(sql: postgres.Sql): Promise<number> {
+  const [row] = await sql<
+    { n: number }[]
+  >`select count(*)::int as n from pg2kafka.captured_changes`;
+  return row?.n ?? 0;
+}
+
+const TICKS_PER_SECOND = 100;
+
+/** Resident memory and CPU seconds (user + system) of a process, from /proc. */
+export function procStats(pid: number): { rssMb: number; cpuSeconds: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  const ticks = Number(stat[11] ?? 0) + Number(stat[12] ?? 0);
+  return { rssMb: rssKb / 1024, cpuSeconds: ticks / TICKS_PER_SECOND };
+}
+
+export interface RelayProcess {
+  child: ChildProcess;
+  pid: number;
+  /** Resolves when the relay logged that it holds the lease and ships. */
+  active: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`), or with
+ * `sink: 'discard'` the same relay whose Kafka send does nothing (dist/bench/relay-child.js).
+ * Logs at info level are read for the "active" line; warnings and errors are passed on.
+ */
+export function spawnRelay(options: {
+  databaseUrl: string;
+  brokers: string;
+  sink?: 'kafka' | 'discard';
+  env?: Record<string, string>;
+}): RelayProcess {
+  const entry =
+    options.sink === 'discard' ? ['dist/bench/relay-child.js'] : ['dist/src/cli.js', 'relay'];
+  const child = spawn(process.execPath, entry, {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      DATABASE_URL: options.databaseUrl,
+      KAFKA_BROKERS: options.brokers,
+      LOG_LEVEL: 'info',
+      ...options.env,
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const active = new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => {
+      reject(new Error(`relay exited with code ${String(code)} before it became active`));
+    });
+    splitLines(child.stderr, (line) => {
+      let entryLog: { level?: number; msg?: string } = {};
+      try {
+        entryLog = JSON.parse(line) as typeof entryLog;
+      } catch {
+        process.stderr.write(`  relay: ${line}\n`);
+        return;
+      }
+      if (entryLog.msg === 'active: shipping events') resolve();
+      if ((entryLog.level ?? 0) >= 40) process.stderr.write(`  relay: ${line}\n`);
+    });
+  });
+  active.catch(() => undefined);
+  return {
+    child,
+    pid: child.pid ?? 0,
+    active,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** How many messages a topic holds (the sum of its partitions' end offsets). */
+export async function messagesInTopic(brokers: string, topic: string): Promise<number> {
+  const admin = new Kafka({
+    clientId: 'pg2kafka-bench',
+    brokers: brokers.split(','),
+    logLevel: logLevel.NOTHING,
+  }).admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return offsets.reduce((n, o) => n + Number(o.high), 0);
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  if (sorted.length === 0) return NaN;
+  return sorted.length % 2
+    ? (sorted[mid] ?? NaN)
+    : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
+}
+
+/** Nearest-rank percentile of an ascending list. */
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return (
+    sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ??
+    NaN
+  );
+}
+
+/** The order of `sides` for round `round`: rotated, so no side always goes first. */
+export function rotated<T>(sides: readonly T[], round: number): T[] {
+  return sides.map((_, i) => sides[(i + round) % sides.length] as T);
 }

@@ -131,7 +131,14 @@ export interface RunningRelay {
 }
 
 /** Starts a relay from configuration; usable from code and tests. */
-export async function startRelay(config: Config, logger: Logger): Promise<RunningRelay> {
+export async function startRelay(
+  config: Config,
+  logger: Logger,
+  options: {
+    /** Where events go instead of the configured Kafka client (the benchmark's discard sink). */
+    sink?: EventSink;
+  } = {},
+): Promise<RunningRelay> {
   const log = logger.child({ component: 'relay' });
   log.info({ config: describeConfig(config) }, 'pg2kafka relay starting');
   if (config.tls && !config.tls.rejectUnauthorized) {
@@ -148,9 +155,11 @@ export async function startRelay(config: Config, logger: Logger): Promise<Runnin
     transform: { column: { from: postgres.toCamel } },
     onnotice: () => undefined,
   });
-  const sink: EventSink = config.dryRun
-    ? new DryRunSink()
-    : new KafkajsSink(createKafka(config, log), config, log.child({ component: 'kafka' }));
+  const sink: EventSink =
+    options.sink ??
+    (config.dryRun
+      ? new DryRunSink()
+      : new KafkajsSink(createKafka(config, log), config, log.child({ component: 'kafka' })));
   const idleFlag = new IdleFlag(config.databaseUrl);
   const relay = new Relay({
     queue: new EventQueue(sql),

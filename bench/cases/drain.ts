@@ -1,0 +1,126 @@
+/**
+ * Drain rate: N queued events (~200-byte rows) shipped by a relay child process with
+ * default settings (acks = all), from the moment it holds the lease to an empty queue,
+ * the count verified in Kafka; the relay's CPU seconds per 10k events and peak RSS, read
+ * from /proc. Beside it, alternated in the same run, the same relay with the Kafka send
+ * replaced by nothing (fetch + delete only): the difference is what Kafka costs.
+ */
+import postgres from 'postgres';
+import type { BenchContext, Measure } from '../report.ts';
+import {
+  benchDatabase,
+  createItems,
+  fillItems,
+  messagesInTopic,
+  procStats,
+  queued,
+  rotated,
+  sleep,
+  spawnRelay,
+} from '../support.ts';
+
+const VARIANTS = ['kafkajs', 'discard'] as const;
+type Variant = (typeof VARIANTS)[number];
+
+interface DrainRun {
+  eventsPerSecond: number;
+  cpuPer10k: number;
+  peakRssMb: number;
+}
+
+export async function drainOnce(
+  ctx: BenchContext,
+  variant: Variant,
+  events: number,
+): Promise<DrainRun> {
+  const db = await benchDatabase('drain');
+  const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
+  try {
+    await createItems(sql, 'items', 0);
+    await sql`select pg2kafka.setup('items', 'sku')`;
+    await fillItems(sql, 'items', 1, events);
+    await sql`analyze pg2kafka.captured_changes`;
+    const relay = spawnRelay({
+      databaseUrl: db.url,
+      brokers: ctx.broker.brokers,
+      sink: variant === 'discard' ? 'discard' : 'kafka',
+    });
+    try {
+      await relay.active;
+      const started = performance.now();
+      const cpuAtStart = procStats(relay.pid).cpuSeconds;
+      let peakRssMb = 0;
+      let cpuSeconds = 0;
+      for (;;) {
+        await sleep(50);
+        const stats = procStats(relay.pid);
+        peakRssMb = Math.max(peakRssMb, stats.rssMb);
+        cpuSeconds = stats.cpuSeconds - cpuAtStart;
+        if ((await queued(sql)) === 0) break;
+      }
+      const seconds = (performance.now() - started) / 1000;
+      if (variant !== 'discard') {
+        const inKafka = await messagesInTopic(ctx.broker.brokers, `pg2kafka.${db.name}.items`);
+        if (inKafka < events) {
+          throw new Error(
+            `drain: the queue is empty but Kafka holds ${inKafka} of ${events} events`,
+          );
+        }
+      }
+      return {
+        eventsPerSecond: events / seconds,
+        cpuPer10k: (cpuSeconds * 10_000) / events,
+        peakRssMb,
+      };
+    } finally {
+      await relay.stop();
+    }
+  } finally {
+    await sql.end({ timeout: 2 });
+    await db.drop();
+  }
+}
+
+export async function drain(ctx: BenchContext): Promise<Measure[]> {
+  const rounds = ctx.quick ? 1 : 3;
+  const events = ctx.quick ? 50_000 : 200_000;
+  const runs = new Map<Variant, DrainRun[]>(VARIANTS.map((v) => [v, []]));
+  for (let round = 0; round < rounds; round += 1) {
+    for (const variant of rotated(VARIANTS, round)) {
+      const run = await drainOnce(ctx, variant, events);
+      runs.get(variant)?.push(run);
+      ctx.log(
+        `drain ${events} events, ${variant}, round ${round + 1}/${rounds}: ${Math.round(run.eventsPerSecond)} events/s, ${run.cpuPer10k.toFixed(2)} CPU s/10k, peak RSS ${Math.round(run.peakRssMb)} MB`,
+      );
+    }
+  }
+  const label: Record<Variant, string> = {
+    kafkajs: `${events / 1000}k events to Kafka (kafkajs)`,
+    discard: `${events / 1000}k events, Kafka send replaced by nothing`,
+  };
+  return VARIANTS.flatMap((variant) => {
+    const list = runs.get(variant) ?? [];
+    return [
+      {
+        case: 'drain',
+        measure: `${label[variant]}: rate`,
+        unit: 'events/s',
+        samples: list.map((r) => r.eventsPerSecond),
+        ...(variant === 'discard' ? {} : { target: { op: '>=' as const, value: 50_000 } }),
+      },
+      {
+        case: 'drain',
+        measure: `${label[variant]}: relay CPU`,
+        unit: 's/10k events',
+        samples: list.map((r) => r.cpuPer10k),
+      },
+      {
+        case: 'drain',
+        measure: `${label[variant]}: relay peak RSS`,
+        unit: 'MB',
+        samples: list.map((r) => r.peakRssMb),
+        ...(variant === 'discard' ? {} : { target: { op: '<=' as const, value: 200 } }),
+      },
+    ];
+  });
+}

@@ -1,0 +1,156 @@
+/**
+ * End-to-end latency: pgbench (its own process) inserts single rows at a steady rate
+ * (1,000/s for 20 s), a relay child process with default settings ships them, and a
+ * Kafka consumer in this process stamps each message on arrival: latency = arrival -
+ * created_at (the writer's transaction start, read from the message). Then a trickle, one
+ * insert every 400 ms, to an idle relay that must be woken.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Kafka, logLevel } from 'kafkajs';
+import postgres from 'postgres';
+import type { BenchContext, Measure } from '../report.ts';
+import { benchDatabase, percentile, sleep, spawnRelay } from '../support.ts';
+
+const RATE = 1000;
+const TRICKLE = 25;
+
+/** created_at "2026-11-22T01:24:44.327679Z" in epoch milliseconds (fractional). */
+function createdAtMs(createdAt: string): number {
+  return Date.parse(`${createdAt.slice(0, 19)}Z`) + Number(createdAt.slice(20, 26)) / 1000;
+}
+
+function runPgbench(url: string, script: string, seconds: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      'pgbench',
+      ['-n', '-c', '4', '-j', '2', '-R', String(RATE), '-T', String(seconds), '-f', script, url],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      if (code === 0) resolve();
+      else reject(new Error(`pgbench exited with ${String(code)}: ${stderr}`));
+    });
+  });
+}
+
+interface LatencyRun {
+  steady: number[];
+  trickle: number[];
+  expected: number;
+}
+
+async function latencyOnce(ctx: BenchContext, seconds: number): Promise<LatencyRun> {
+  const db = await benchDatabase('latency');
+  const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
+  const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
+  const kafka = new Kafka({
+    clientId: 'pg2kafka-bench',
+    brokers: [ctx.broker.brokers],
+    logLevel: logLevel.NOTHING,
+  });
+  const consumer = kafka.consumer({ groupId: `bench-latency-${db.name}` });
+  const relay = spawnRelay({ databaseUrl: db.url, brokers: ctx.broker.brokers });
+  try {
+    await sql`create table readings (id bigserial primary key, sensor text not null, value float8 not null)`;
+    await sql`select pg2kafka.setup('readings', 'id')`;
+    await relay.active;
+    const script = join(work, 'insert.sql');
+    writeFileSync(script, `insert into readings (sensor, value) values ('steady', random());\n`);
+
+    const topic = `pg2kafka.${db.name}.readings`;
+    const latencies = { steady: [] as number[], trickle: [] as number[], seed: [] as number[] };
+    await sql`insert into readings (sensor, value) values ('seed', 0)`;
+    const admin = kafka.admin();
+    await admin.connect();
+    while (!(await admin.listTopics()).includes(topic)) await sleep(50);
+    await admin.disconnect();
+    await consumer.connect();
+    await consumer.subscribe({ topics: [topic], fromBeginning: true });
+    await consumer.run({
+      eachMessage: ({ message }) => {
+        const arrival = Date.now();
+        const value = JSON.parse(message.value?.toString() ?? '{}') as {
+          created_at: string;
+          data: { sensor: 'steady' | 'trickle' | 'seed' };
+        };
+        latencies[value.data.sensor].push(arrival - createdAtMs(value.created_at));
+        return Promise.resolve();
+      },
+    });
+    while (latencies.seed.length === 0) await sleep(50);
+
+    await runPgbench(db.url, script, seconds);
+    const [row] = await sql<{ n: number }[]>`
+      select count(*)::int as n from readings where sensor = 'steady'`;
+    const expected = row?.n ?? 0;
+    for (let waited = 0; latencies.steady.length < expected && waited < 10_000; waited += 50) {
+      await sleep(50);
+    }
+    for (let i = 0; i < TRICKLE; i += 1) {
+      await sleep(400);
+      await sql`insert into readings (sensor, value) values ('trickle', ${Math.random()})`;
+    }
+    await sleep(1000);
+    if (latencies.steady.length < expected || latencies.trickle.length < TRICKLE) {
+      throw new Error(
+        `latency: ${latencies.steady.length}/${expected} steady and ${latencies.trickle.length}/${TRICKLE} trickle events arrived`,
+      );
+    }
+    return { steady: latencies.steady, trickle: latencies.trickle, expected };
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    await relay.stop();
+    await sql.end({ timeout: 2 });
+    await db.drop();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+export async function latency(ctx: BenchContext): Promise<Measure[]> {
+  const rounds = ctx.quick ? 1 : 2;
+  const seconds = ctx.quick ? 5 : 20;
+  const runs: LatencyRun[] = [];
+  for (let round = 0; round < rounds; round += 1) {
+    const run = await latencyOnce(ctx, seconds);
+    runs.push(run);
+    const sorted = [...run.steady].sort((a, b) => a - b);
+    ctx.log(
+      `latency ${RATE}/s for ${seconds} s, round ${round + 1}/${rounds}: ${run.steady.length} events, p50 ${percentile(sorted, 50)} ms, p99 ${percentile(sorted, 99)} ms, max ${sorted.at(-1)} ms`,
+    );
+  }
+  const pick = (phase: 'steady' | 'trickle', p: number): number[] =>
+    runs.map((r) =>
+      percentile(
+        [...r[phase]].sort((a, b) => a - b),
+        p,
+      ),
+    );
+  const steady = `${RATE} inserts/s for ${seconds} s`;
+  const trickle = '1 insert every 400 ms (idle relay woken)';
+  return [
+    {
+      case: 'latency',
+      measure: `${steady}: p50`,
+      unit: 'ms',
+      samples: pick('steady', 50),
+      target: { op: '<=', value: 15 },
+    },
+    { case: 'latency', measure: `${steady}: p95`, unit: 'ms', samples: pick('steady', 95) },
+    {
+      case: 'latency',
+      measure: `${steady}: p99`,
+      unit: 'ms',
+      samples: pick('steady', 99),
+      target: { op: '<=', value: 50 },
+    },
+    { case: 'latency', measure: `${steady}: max`, unit: 'ms', samples: pick('steady', 100) },
+    { case: 'latency', measure: `${trickle}: p50`, unit: 'ms', samples: pick('trickle', 50) },
+    { case: 'latency', measure: `${trickle}: max`, unit: 'ms', samples: pick('trickle', 100) },
+  ];
+}

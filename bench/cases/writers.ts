@@ -1,0 +1,165 @@
+/**
+ * Writer overhead of the capture trigger: throughput of the same statements on a
+ * 100k-row table with the trigger and on an identical table without it, measured with
+ * pgbench in one run, the two sides alternated round by round (this machine is shared
+ * and noisy). Each round gives one ratio tracked / plain; the report shows their median
+ * and range.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import type { BenchContext, Measure, Target } from '../report.ts';
+import { benchDatabase, createItems, median, rotated } from '../support.ts';
+
+interface WriterCase {
+  name: string;
+  statement: 'insert' | 'update' | 'bulk';
+  clients: number;
+  synchronousCommit: 'on' | 'off';
+  target?: Target;
+  note?: string;
+}
+
+const CASES: WriterCase[] = [
+  {
+    name: 'INSERT, 16 writers, sync commit on',
+    statement: 'insert',
+    clients: 16,
+    synchronousCommit: 'on',
+    target: { op: '>=', value: 0.8 },
+  },
+  {
+    name: 'UPDATE, 16 writers, sync commit on',
+    statement: 'update',
+    clients: 16,
+    synchronousCommit: 'on',
+    target: { op: '>=', value: 0.7 },
+  },
+  {
+    name: 'INSERT, 2 writers, sync commit off',
+    statement: 'insert',
+    clients: 2,
+    synchronousCommit: 'off',
+    note: 'original: 0.49',
+  },
+  {
+    name: 'UPDATE, 2 writers, sync commit off',
+    statement: 'update',
+    clients: 2,
+    synchronousCommit: 'off',
+    note: 'original: 0.34',
+  },
+  {
+    name: 'INSERT … SELECT of 10k rows, 1 writer',
+    statement: 'bulk',
+    clients: 1,
+    synchronousCommit: 'on',
+    target: { op: '>=', value: 0.5 },
+  },
+];
+
+const ROWS = 100_000;
+const SIDES = ['plain', 'tracked'] as const;
+
+function script(statement: WriterCase['statement'], table: string): string {
+  switch (statement) {
+    case 'insert':
+      return `insert into ${table} (sku, name, description, price, qty) values ('N-' || :client_id || '-' || random(), 'Big Red Coffee Mug', 'A mug', 9.99, 3);\n`;
+    case 'update':
+      return `\\set id random(1, ${ROWS})\nupdate ${table} set qty = qty + 1 where id = :id;\n`;
+    case 'bulk':
+      return `insert into ${table} (sku, name, description, price, qty) select 'B-' || g || '-' || random(), 'Product ' || g, repeat('lorem ipsum ', 8), g % 1000 + 0.99, g % 50 from generate_series(1, 10000) g;\n`;
+  }
+}
+
+function pgbench(url: string, file: string, c: WriterCase, seconds: number): number {
+  const result = spawnSync(
+    'pgbench',
+    [
+      '-n',
+      '-c',
+      String(c.clients),
+      '-j',
+      String(Math.min(c.clients, 2)),
+      '-T',
+      String(seconds),
+      '-f',
+      file,
+      url,
+    ],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, PGOPTIONS: `-c synchronous_commit=${c.synchronousCommit}` },
+    },
+  );
+  const tps = /tps = ([\d.]+)/.exec(result.stdout)?.[1];
+  if (result.status !== 0 || tps === undefined) {
+    throw new Error(
+      `pgbench failed (exit ${String(result.status)}); is pgbench (postgresql-client) installed?\n${result.stdout}${result.stderr}`,
+    );
+  }
+  return Number(tps);
+}
+
+export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
+  const rounds = ctx.quick ? 1 : 3;
+  const seconds = ctx.quick ? 3 : 8;
+  const db = await benchDatabase('writers');
+  const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
+  const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
+  const measures: Measure[] = [];
+  try {
+    for (const table of SIDES) {
+      await createItems(sql, table, ROWS);
+      await sql.unsafe(`vacuum analyze ${table}`);
+    }
+    await sql`select pg2kafka.setup('tracked', 'sku')`;
+    await sql`delete from pg2kafka.captured_changes`;
+    const files = new Map<string, string>();
+    for (const c of CASES) {
+      for (const table of SIDES) {
+        const file = join(work, `${c.statement}-${table}.sql`);
+        writeFileSync(file, script(c.statement, table));
+        files.set(`${c.statement}-${table}`, file);
+      }
+    }
+    for (const c of CASES) {
+      const tps = { plain: [] as number[], tracked: [] as number[] };
+      for (let round = 0; round < rounds; round += 1) {
+        for (const side of rotated(SIDES, round)) {
+          await sql`delete from pg2kafka.captured_changes`;
+          await sql`checkpoint`;
+          tps[side].push(pgbench(db.url, files.get(`${c.statement}-${side}`) ?? '', c, seconds));
+        }
+        ctx.log(
+          `${c.name}, round ${round + 1}/${rounds}: plain ${tps.plain.at(-1)?.toFixed(0)}, tracked ${tps.tracked.at(-1)?.toFixed(0)} statements/s`,
+        );
+      }
+      const perRow = c.statement === 'bulk' ? 10_000 : 1;
+      measures.push(
+        {
+          case: 'writers',
+          measure: `${c.name}: tracked / plain`,
+          unit: '',
+          samples: tps.plain.map((p, i) => (tps.tracked[i] ?? 0) / p),
+          ...(c.target ? { target: c.target } : {}),
+          ...(c.note ? { note: c.note } : {}),
+        },
+        {
+          case: 'writers',
+          measure: `${c.name}: tracked`,
+          unit: 'rows/s',
+          samples: tps.tracked.map((t) => t * perRow),
+          note: `plain: ${Math.round(median(tps.plain) * perRow).toLocaleString('en-US')} rows/s`,
+        },
+      );
+    }
+    return measures;
+  } finally {
+    await sql.end({ timeout: 5 });
+    await db.drop();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
