@@ -18,22 +18,9 @@
  *   queue while other tables keep flowing.
  */
 import type postgres from 'postgres';
+import { eventsOf, type CapturedChange, type QueuedEvent } from './events.ts';
 
-export interface QueuedEvent {
-  /** Raw change id; both parts of a key change share it. */
-  id: string;
-  part: number;
-  tableOid: string;
-  schemaName: string;
-  tableName: string;
-  externalId: string | null;
-  statement: string;
-  uuid: string;
-  /** created_at in epoch milliseconds, as Kafka wants timestamps. */
-  timestampMs: string;
-  /** The message value, built in SQL so row data is never parsed in Node. */
-  value: string;
-}
+export type { QueuedEvent };
 
 export interface Lease {
   holder: string;
@@ -60,28 +47,35 @@ export class EventQueue {
   }): Promise<QueuedEvent[]> {
     const { sql } = this;
     const { limit, lease, skipTables, excludeIds = [], afterId } = options;
-    return sql<QueuedEvent[]>`
-      select e.id::text as id, e.part, e.table_oid::int8::text as table_oid, e.schema_name, e.table_name,
-             e.external_id, e.statement, e.uuid::text as uuid,
-             floor(extract(epoch from e.created_at) * 1000)::int8::text as timestamp_ms,
-             json_build_object(
-               'uuid', e.uuid,
-               'external_id', e.external_id,
-               'statement', e.statement,
-               'data', e.data,
-               'created_at', to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-             )::text as value
-      from pg2kafka.outbound_event_queue e
-      where e.id in (
-        select c.id from pg2kafka.captured_changes c
+    // The key's text and an UPDATE's changed columns are the only per-event JSON work
+    // left to PostgreSQL; the rest (uuid, message value) is built by eventsOf().
+    const changes = await sql<CapturedChange[]>`
+      select c.id::text as id, c.table_oid::int8::text as table_oid,
+             coalesce(ns.nspname::text, t.schema_name) as schema_name,
+             coalesce(cl.relname::text, t.table_name) as table_name,
+             c.statement, t.full_row,
+             c.new_row::text as new_row, c.old_row::text as old_row,
+             c.new_row ->> t.external_id_column as new_key,
+             c.old_row ->> t.external_id_column as old_key,
+             case when c.statement = 'UPDATE' and not t.full_row
+                       and (c.new_row ->> t.external_id_column) is not distinct from (c.old_row ->> t.external_id_column)
+                  then pg2kafka.changed_columns(c.old_row::jsonb, c.new_row::jsonb)::text end as changed_columns,
+             (extract(epoch from c.created_at) * 1000000)::int8::text as created_at_us,
+             (select s.value from pg2kafka.settings s where s.name = 'event_namespace') as namespace
+      from (
+        select * from pg2kafka.captured_changes c
         where c.table_oid <> all(${skipTables}::oid[])
           and c.id <> all(${excludeIds}::int8[])
           ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
         order by c.id
         limit ${limit}
-      )
-      ${lease === undefined ? sql`` : sql`and ${leaseHeld(sql, lease)}`}
-      order by e.id, e.part`;
+      ) c
+      join pg2kafka.tracked_tables t on t.table_oid = c.table_oid
+      left join pg_catalog.pg_class cl on cl.oid = c.table_oid
+      left join pg_catalog.pg_namespace ns on ns.oid = cl.relnamespace
+      ${lease === undefined ? sql`` : sql`where ${leaseHeld(sql, lease)}`}
+      order by c.id`;
+    return changes.flatMap(eventsOf);
   }
 
   /** Deletes acked changes; returns how many went. 0 for a non-empty list: the lease is lost. */
