@@ -86,6 +86,20 @@ export function procStats(pid: number): { rssMb: number; cpuSeconds: number } {
   return { rssMb: rssKb / 1024, cpuSeconds: ticks / TICKS_PER_SECOND };
 }
 
+/** Busy and total CPU time of the whole machine so far (all cores, in ticks), from /proc/stat. */
+export function machineCpu(): { busy: number; total: number } {
+  const fields = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '')
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const total = fields.reduce((a, b) => a + b, 0);
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+export type Sink = 'kafkajs' | 'platformatic' | 'discard';
+
 export interface RelayProcess {
   child: ChildProcess;
   pid: number;
@@ -95,18 +109,19 @@ export interface RelayProcess {
 }
 
 /**
- * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`), or with
- * `sink: 'discard'` the same relay whose Kafka send does nothing (dist/bench/relay-child.js).
+ * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`, kafkajs), or
+ * the same relay with another sink (dist/bench/relay-child.js: `discard` does nothing,
+ * `platformatic` sends with @platformatic/kafka).
  * Logs at info level are read for the "active" line; warnings and errors are passed on.
  */
 export function spawnRelay(options: {
   databaseUrl: string;
   brokers: string;
-  sink?: 'kafka' | 'discard';
+  sink?: Sink;
   env?: Record<string, string>;
 }): RelayProcess {
-  const entry =
-    options.sink === 'discard' ? ['dist/bench/relay-child.js'] : ['dist/src/cli.js', 'relay'];
+  const sink = options.sink ?? 'kafkajs';
+  const entry = sink === 'kafkajs' ? ['dist/src/cli.js', 'relay'] : ['dist/bench/relay-child.js'];
   const child = spawn(process.execPath, entry, {
     cwd: ROOT,
     env: {
@@ -114,6 +129,7 @@ export function spawnRelay(options: {
       DATABASE_URL: options.databaseUrl,
       KAFKA_BROKERS: options.brokers,
       LOG_LEVEL: 'info',
+      BENCH_SINK: sink,
       ...options.env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],

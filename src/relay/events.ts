@@ -14,7 +14,7 @@
  * exact numerics keep every digit. The event uuid is the view's: RFC 4122 version 3 of
  * the install's namespace and "<id>" (or "<id>:old-key" for the DELETE half).
  */
-import { v3 as nameUuid } from 'uuid';
+import { parse as parseUuid, v3 as nameUuid } from 'uuid';
 
 /** One captured change as the relay's fetch reads it (see queue.ts). */
 export interface CapturedChange {
@@ -52,56 +52,75 @@ export interface QueuedEvent {
   value: string;
 }
 
-/** created_at as the original printed it: ISO 8601, microseconds, UTC ("…T16:14:36.709116Z"). */
-function isoMicros(micros: bigint): string {
-  const millis = micros / 1000n;
-  const fraction = (((micros % 1_000_000n) + 1_000_000n) % 1_000_000n).toString().padStart(6, '0');
-  return `${new Date(Number(millis)).toISOString().slice(0, 19)}.${fraction}Z`;
-}
+/**
+ * Turns captured changes into events. Keeps two small caches, because a batch's events
+ * share them: the namespace's bytes and the ISO text of the current second.
+ */
+export class EventBuilder {
+  private namespace = { text: '', bytes: new Uint8Array(16) };
+  private second = { epoch: NaN, iso: '' };
 
-export function eventsOf(change: CapturedChange): QueuedEvent[] {
-  const { statement, fullRow, newRow, oldRow, newKey, oldKey } = change;
-  const micros = BigInt(change.createdAtUs);
-  const createdAt = isoMicros(micros);
-  const timestampMs = (
-    micros / 1000n -
-    (micros < 0n && micros % 1000n !== 0n ? 1n : 0n)
-  ).toString();
-  const event = (
-    part: number,
-    eventStatement: string,
-    externalId: string | null,
-    data: string | null,
-  ): QueuedEvent => {
-    const uuid = nameUuid(part === 0 ? `${change.id}:old-key` : change.id, change.namespace);
-    return {
-      id: change.id,
-      part,
-      tableOid: change.tableOid,
-      schemaName: change.schemaName,
-      tableName: change.tableName,
-      externalId,
-      statement: eventStatement,
-      uuid,
-      timestampMs,
-      value: `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${eventStatement}","data":${data ?? '{}'},"created_at":"${createdAt}"}`,
+  /** created_at as the original printed it: ISO 8601, microseconds, UTC ("…T16:14:36.709116Z"). */
+  private isoMicros(micros: number): string {
+    const epochSecond = Math.floor(micros / 1_000_000);
+    if (epochSecond !== this.second.epoch) {
+      this.second = {
+        epoch: epochSecond,
+        iso: new Date(epochSecond * 1000).toISOString().slice(0, 19),
+      };
+    }
+    const fraction = String(micros - epochSecond * 1_000_000).padStart(6, '0');
+    return `${this.second.iso}.${fraction}Z`;
+  }
+
+  private namespaceBytes(text: string): Uint8Array {
+    if (text !== this.namespace.text) this.namespace = { text, bytes: parseUuid(text) };
+    return this.namespace.bytes;
+  }
+
+  eventsOf(change: CapturedChange): QueuedEvent[] {
+    const { statement, fullRow, newRow, oldRow, newKey, oldKey } = change;
+    // Epoch microseconds stay exact in a double until the year 2255.
+    const micros = Number(change.createdAtUs);
+    const createdAt = this.isoMicros(micros);
+    const timestampMs = String(Math.floor(micros / 1000));
+    const namespace = this.namespaceBytes(change.namespace);
+    const event = (
+      part: number,
+      eventStatement: string,
+      externalId: string | null,
+      data: string | null,
+    ): QueuedEvent => {
+      const uuid = nameUuid(part === 0 ? `${change.id}:old-key` : change.id, namespace);
+      return {
+        id: change.id,
+        part,
+        tableOid: change.tableOid,
+        schemaName: change.schemaName,
+        tableName: change.tableName,
+        externalId,
+        statement: eventStatement,
+        uuid,
+        timestampMs,
+        value: `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${eventStatement}","data":${data ?? '{}'},"created_at":"${createdAt}"}`,
+      };
     };
-  };
-  switch (statement) {
-    case 'SNAPSHOT':
-    case 'INSERT':
-      return [event(1, statement, newKey, newRow)];
-    case 'DELETE':
-      return [event(1, statement, oldKey, fullRow ? oldRow : null)];
-    case 'TRUNCATE':
-      return [event(1, statement, null, null)];
-    case 'UPDATE':
-      if (oldKey !== newKey) {
-        return [
-          event(0, 'DELETE', oldKey, fullRow ? oldRow : null),
-          event(1, 'INSERT', newKey, newRow),
-        ];
-      }
-      return [event(1, statement, newKey, fullRow ? newRow : change.changedColumns)];
+    switch (statement) {
+      case 'SNAPSHOT':
+      case 'INSERT':
+        return [event(1, statement, newKey, newRow)];
+      case 'DELETE':
+        return [event(1, statement, oldKey, fullRow ? oldRow : null)];
+      case 'TRUNCATE':
+        return [event(1, statement, null, null)];
+      case 'UPDATE':
+        if (oldKey !== newKey) {
+          return [
+            event(0, 'DELETE', oldKey, fullRow ? oldRow : null),
+            event(1, 'INSERT', newKey, newRow),
+          ];
+        }
+        return [event(1, statement, newKey, fullRow ? newRow : change.changedColumns)];
+    }
   }
 }

@@ -18,7 +18,7 @@
  *   queue while other tables keep flowing.
  */
 import type postgres from 'postgres';
-import { eventsOf, type CapturedChange, type QueuedEvent } from './events.ts';
+import { EventBuilder, type CapturedChange, type QueuedEvent } from './events.ts';
 
 export type { QueuedEvent };
 
@@ -28,6 +28,8 @@ export interface Lease {
 }
 
 export class EventQueue {
+  private readonly events = new EventBuilder();
+
   constructor(private readonly sql: postgres.Sql) {}
 
   /**
@@ -75,7 +77,7 @@ export class EventQueue {
       left join pg_catalog.pg_namespace ns on ns.oid = cl.relnamespace
       ${lease === undefined ? sql`` : sql`where ${leaseHeld(sql, lease)}`}
       order by c.id`;
-    return changes.flatMap(eventsOf);
+    return changes.flatMap((change) => this.events.eventsOf(change));
   }
 
   /** Deletes acked changes; returns how many went. 0 for a non-empty list: the lease is lost. */
