@@ -195,6 +195,9 @@ test('a partitioned table: events of every partition name the parent', async () 
   await db.sql`insert into orders values (2, 'us', 20), (3, 'ap', 30)`;
   await db.sql`update orders set total = 11 where id = 1`;
   await db.sql`delete from orders where id = 2`;
+  // Straight into a partition, bypassing the parent: still captured.
+  await db.sql`insert into orders_eu values (4, 'eu', 40)`;
+  await db.sql`delete from orders_ap where id = 3`;
   const events = await queuedEvents(db.sql, 'orders');
   assert.deepEqual(
     events.map((e) => [e.statement, e.external_id, e.table_name, e.data]),
@@ -204,12 +207,50 @@ test('a partitioned table: events of every partition name the parent', async () 
       ['INSERT', '3', 'orders', { id: 3, region: 'ap', total: 30 }],
       ['UPDATE', '1', 'orders', { total: 11 }],
       ['DELETE', '2', 'orders', {}],
+      ['INSERT', '4', 'orders', { id: 4, region: 'eu', total: 40 }],
+      ['DELETE', '3', 'orders', {}],
     ],
   );
   await assert.rejects(db.sql`select pg2kafka.setup('orders_eu', 'id')`, {
     message:
       'public.orders_eu is a partition: set up its partitioned table instead (events name that table)',
   });
+});
+
+test('multi-row statements: every row, in statement order, also upserts and writable CTEs', async () => {
+  await db.sql`create table stock (sku text primary key, qty int not null)`;
+  await db.sql`select pg2kafka.setup('stock', 'sku')`;
+  await db.sql`insert into stock select 'S' || g, g from generate_series(1, 3) g`;
+  await db.sql`
+    insert into stock values ('S2', 20), ('S4', 4)
+    on conflict (sku) do update set qty = excluded.qty`;
+  await db.sql`delete from stock where sku in ('S1', 'S3')`;
+  await db.sql`
+    with gone as (delete from stock where sku = 'S4' returning sku)
+    insert into stock select sku || '-new', 5 from gone`;
+  await db.sql`insert into stock select 'none', 0 where false`;
+  const changes = await queuedChanges(db.sql, 'stock');
+  assert.deepEqual(changes.slice(0, 3), [
+    ['INSERT', 'S1', { sku: 'S1', qty: 1 }],
+    ['INSERT', 'S2', { sku: 'S2', qty: 2 }],
+    ['INSERT', 'S3', { sku: 'S3', qty: 3 }],
+  ]);
+  // Within one statement, rows of different keys may come in either order.
+  const byStatement = (from: number, to: number) =>
+    changes.slice(from, to).sort((a, b) => String(a[1]).localeCompare(String(b[1])));
+  assert.deepEqual(byStatement(3, 5), [
+    ['UPDATE', 'S2', { qty: 20 }],
+    ['INSERT', 'S4', { sku: 'S4', qty: 4 }],
+  ]);
+  assert.deepEqual(byStatement(5, 7), [
+    ['DELETE', 'S1', {}],
+    ['DELETE', 'S3', {}],
+  ]);
+  assert.deepEqual(byStatement(7, 9), [
+    ['DELETE', 'S4', {}],
+    ['INSERT', 'S4-new', { sku: 'S4-new', qty: 5 }],
+  ]);
+  assert.equal(changes.length, 9, 'a statement that writes no row adds no event');
 });
 
 test('setup twice warns and neither doubles the trigger nor the snapshot', async () => {
