@@ -162,9 +162,16 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding. */
+/**
+ * Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding. One that
+ * starts with "-" would be read as an option by the format tool (1 start in 32 failed
+ * with "argument --cluster-id/-t: expected one argument"), so draw again.
+ */
 function newClusterId(): string {
-  return randomBytes(16).toString('base64url');
+  for (;;) {
+    const id = randomBytes(16).toString('base64url');
+    if (!id.startsWith('-')) return id;
+  }
 }
 
 /** SASL/PLAIN users (name -> password) for a broker that requires authentication. */

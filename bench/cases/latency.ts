@@ -1,7 +1,7 @@
 /**
  * End-to-end latency: pgbench (its own process) inserts single rows at a steady rate
  * (1,000/s for 20 s), a relay child process with default settings ships them, and a
- * Kafka consumer in this process stamps each message on arrival: latency = arrival -
+ * Kafka consumer in this process (kafkajs, TCP_NODELAY) stamps each message on arrival: latency = arrival -
  * created_at (the writer's transaction start, read from the message). Then a trickle, one
  * insert every 400 ms, to an idle relay that must be woken.
  */
@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
+import { socketFactory } from '../../src/kafka/kafkajs-sink.ts';
 import type { BenchContext, Measure } from '../report.ts';
 import { benchDatabase, percentile, rotated, sleep, spawnRelay, type Sink } from '../support.ts';
 
@@ -51,10 +52,13 @@ async function latencyOnce(ctx: BenchContext, sink: Sink, seconds: number): Prom
   const db = await benchDatabase('latency');
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
   const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
+  // TCP_NODELAY, like Java consumers: kafkajs's default sockets let Nagle's algorithm hold
+  // a fetch back behind the previous request's offset commit.
   const kafka = new Kafka({
     clientId: 'pg2kafka-bench',
     brokers: [ctx.broker.brokers],
     logLevel: logLevel.NOTHING,
+    socketFactory,
   });
   const consumer = kafka.consumer({ groupId: `bench-latency-${db.name}` });
   const relay = spawnRelay({ databaseUrl: db.url, brokers: ctx.broker.brokers, sink });
