@@ -56,6 +56,7 @@ export function summarize(measure: Measure): Summary {
 
 function format(value: number): string {
   if (!Number.isFinite(value)) return '-';
+  if (Number.isInteger(value)) return value.toLocaleString('en-US');
   if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString('en-US');
   if (Math.abs(value) >= 100) return value.toFixed(0);
   if (Math.abs(value) >= 10) return value.toFixed(1);
@@ -67,7 +68,7 @@ export function markdownTable(summaries: Summary[]): string {
   const rows = summaries.map((s) => [
     s.case,
     s.measure,
-    `${format(s.median)} ${s.unit}`,
+    `${format(s.median)}${s.unit ? ` ${s.unit}` : ''}`,
     s.samples.length > 1 ? `${format(s.min)} – ${format(s.max)}` : '',
     s.target ? `${s.target.op} ${format(s.target.value)}` : (s.note ?? ''),
     s.met === null ? '' : s.met ? 'met' : '**not met**',
