@@ -62,7 +62,9 @@ function kafkaLogCreator(logger: Logger) {
  * small produce request back until the previous segment is acknowledged (kafkajs leaves it
  * on; the broker turns it off on its side).
  */
-export const socketFactory: ISocketFactory = ({ host, port, ssl, onConnect }) => {
+export const socketFactory: ISocketFactory = ({ host, port, ssl: sslOption, onConnect }) => {
+  // Typed as always present, but undefined when the client has no TLS settings.
+  const ssl = sslOption as tls.ConnectionOptions | undefined;
   const socket = ssl
     ? tls.connect(
         { host, port, ...(net.isIP(host) ? {} : { servername: host }), ...ssl },
