@@ -35,7 +35,7 @@ export async function memory(ctx: BenchContext): Promise<Measure[]> {
   const events = ctx.quick ? 200_000 : 1_000_000;
   const db = await benchDatabase('memory');
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
-  const relay = spawnRelay({ databaseUrl: db.url, brokers: ctx.broker.brokers });
+  const relay = spawnRelay({ databaseUrl: db.url, brokers: ctx.broker.brokers, quiet: true });
   let brokerStopped = false;
   try {
     await createItems(sql, 'items', 0);
