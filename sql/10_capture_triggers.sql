@@ -16,15 +16,13 @@
 -- the table that was set up: for a partitioned table, row triggers are cloned onto every
 -- partition (also ones attached later) and TG_RELID would name the partition.
 --
--- INSERT and DELETE on a plain table are captured once per statement, from its transition
--- table (capture_inserted_rows, capture_deleted_rows): one INSERT ... SELECT instead of a
--- plpgsql call per row. Measured with pgbench: 16 single-row writers +5%, INSERT ...
--- SELECT of 10k rows +60% (ratio to no trigger 0.35 -> 0.5-0.65). Same order and locking
--- as the row triggers, which also fire only at the end of the statement: the rows are
--- still uncommitted, so another writer of the same key waits for this commit and its
--- event gets a higher id. Partitioned tables keep the row triggers: a statement trigger
--- on the parent does not fire for rows written straight into a partition. UPDATE stays a
--- row trigger: its WHEN filter runs in C, and transition tables do not pair old and new.
+-- Why row triggers even for INSERT and DELETE: a statement trigger reading the
+-- transition table measured +60% for 10k-row INSERT ... SELECT (ratio 0.35 -> 0.6) and
+-- +5% for single-row writers, but it fires after every row trigger of the statement, so
+-- a user's AFTER ROW trigger that updates the new row would queue its UPDATE before our
+-- INSERT (with the row as first inserted), and a statement on an inheritance parent
+-- fires only the parent's statement triggers (a child set up on its own would miss
+-- those rows). Row triggers keep per-key order for every writer.
 --
 -- Wake-ups: there is deliberately no NOTIFY here. NOTIFY takes a cluster-wide lock from
 -- commit until after the WAL flush, so any NOTIFY in a writer's transaction (even one per
@@ -52,23 +50,6 @@ AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
   VALUES (TG_ARGV[0]::oid, 'INSERT', to_json(NEW));
-  RETURN NULL;
-END
-$$;
-
--- AFTER INSERT ... REFERENCING NEW TABLE AS pg2kafka_new_rows FOR EACH STATEMENT
-CREATE OR REPLACE FUNCTION pg2kafka.capture_inserted_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET timezone = 'UTC'
-SET datestyle = 'ISO, YMD'
-SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-SET bytea_output = 'hex'
-AS $$
-BEGIN
-  INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
-  SELECT TG_ARGV[0]::oid, 'INSERT', to_json(r) FROM pg2kafka_new_rows AS r;
   RETURN NULL;
 END
 $$;
@@ -106,23 +87,6 @@ END
 $$;
 
 -- Statement level: one event per TRUNCATE, with no key.
--- AFTER DELETE ... REFERENCING OLD TABLE AS pg2kafka_old_rows FOR EACH STATEMENT
-CREATE OR REPLACE FUNCTION pg2kafka.capture_deleted_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET timezone = 'UTC'
-SET datestyle = 'ISO, YMD'
-SET intervalstyle = 'postgres'
-SET extra_float_digits = 1
-SET bytea_output = 'hex'
-AS $$
-BEGIN
-  INSERT INTO pg2kafka.captured_changes (table_oid, statement, old_row)
-  SELECT TG_ARGV[0]::oid, 'DELETE', to_json(r) FROM pg2kafka_old_rows AS r;
-  RETURN NULL;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION pg2kafka.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -135,8 +99,6 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION pg2kafka.capture_insert() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg2kafka.capture_inserted_rows() FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg2kafka.capture_deleted_rows() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2kafka.capture_update() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2kafka.capture_delete() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2kafka.capture_truncate() FROM PUBLIC;

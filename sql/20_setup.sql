@@ -185,26 +185,14 @@ BEGIN
   PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
 
   PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
-  -- Plain tables: INSERT and DELETE once per statement from the transition table.
-  -- Partitioned tables: row triggers, which are cloned onto every partition
-  -- (sql/10_capture_triggers.sql says why).
-  IF rel.relkind = 'r' THEN
-    EXECUTE format(
-      'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS pg2kafka_new_rows FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_inserted_rows(%L)',
-      table_name_ref, table_name_ref::oid);
-    EXECUTE format(
-      'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS pg2kafka_old_rows FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_deleted_rows(%L)',
-      table_name_ref, table_name_ref::oid);
-  ELSE
-    EXECUTE format(
-      'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
-      table_name_ref, table_name_ref::oid);
-    EXECUTE format(
-      'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
-      table_name_ref, table_name_ref::oid);
-  END IF;
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
+    table_name_ref, table_name_ref::oid);
   EXECUTE format(
     'CREATE TRIGGER pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
+    table_name_ref, table_name_ref::oid);
+  EXECUTE format(
+    'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
     'CREATE TRIGGER pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',

@@ -57,13 +57,11 @@ export class EventQueue {
              coalesce(cl.relname::text, t.table_name) as table_name,
              c.statement, t.full_row,
              c.new_row::text as new_row, c.old_row::text as old_row,
-             c.new_row ->> t.external_id_column as new_key,
-             c.old_row ->> t.external_id_column as old_key,
-             case when c.statement = 'UPDATE' and not t.full_row
-                       and (c.new_row ->> t.external_id_column) is not distinct from (c.old_row ->> t.external_id_column)
+             k.new_key, k.old_key,
+             case when c.statement = 'UPDATE' and not t.full_row and k.new_key is not distinct from k.old_key
                   then pg2kafka.changed_columns(c.old_row::jsonb, c.new_row::jsonb)::text end as changed_columns,
              (extract(epoch from c.created_at) * 1000000)::int8::text as created_at_us,
-             (select s.value from pg2kafka.settings s where s.name = 'event_namespace') as namespace
+             (select s.value::uuid::text from pg2kafka.settings s where s.name = 'event_namespace') as namespace
       from (
         select * from pg2kafka.captured_changes c
         where c.table_oid <> all(${skipTables}::oid[])
@@ -73,6 +71,12 @@ export class EventQueue {
         limit ${limit}
       ) c
       join pg2kafka.tracked_tables t on t.table_oid = c.table_oid
+      -- The key's text as the view prints it (jsonb ->>): only the key goes through jsonb,
+      -- so arrays, floats and json keys print the same as in the view.
+      cross join lateral (
+        select (c.new_row -> t.external_id_column)::jsonb #>> '{}' as new_key,
+               (c.old_row -> t.external_id_column)::jsonb #>> '{}' as old_key
+      ) k
       left join pg_catalog.pg_class cl on cl.oid = c.table_oid
       left join pg_catalog.pg_namespace ns on ns.oid = cl.relnamespace
       ${lease === undefined ? sql`` : sql`where ${leaseHeld(sql, lease)}`}

@@ -253,6 +253,40 @@ test('multi-row statements: every row, in statement order, also upserts and writ
   assert.equal(changes.length, 9, 'a statement that writes no row adds no event');
 });
 
+test("a user's AFTER trigger that updates the new row: INSERT queued before that UPDATE", async () => {
+  await db.sql`create table articles (id int primary key, title text not null, slug text)`;
+  await db.sql`select pg2kafka.setup('articles', 'id')`;
+  await db.sql`
+    create function set_slug() returns trigger language plpgsql as $$
+    begin
+      update articles set slug = lower(new.title) where id = new.id;
+      return null;
+    end $$`;
+  await db.sql`create trigger set_slug after insert on articles for each row execute function set_slug()`;
+  await db.sql`insert into articles (id, title) values (1, 'Hello'), (2, 'World')`;
+  assert.deepEqual(await queuedChanges(db.sql, 'articles'), [
+    ['INSERT', '1', { id: 1, title: 'Hello', slug: null }],
+    ['UPDATE', '1', { slug: 'hello' }],
+    ['INSERT', '2', { id: 2, title: 'World', slug: null }],
+    ['UPDATE', '2', { slug: 'world' }],
+  ]);
+});
+
+test('an inheritance child set up on its own is captured also through its parent', async () => {
+  await db.sql`create table vehicles (id int primary key, name text)`;
+  await db.sql`create table trucks (load int) inherits (vehicles)`;
+  await db.sql`alter table trucks add primary key (id)`;
+  await db.sql`select pg2kafka.setup('trucks', 'id')`;
+  await db.sql`insert into trucks values (1, 'big', 10)`;
+  await db.sql`update vehicles set name = 'bigger' where id = 1`;
+  await db.sql`delete from vehicles where id = 1`;
+  assert.deepEqual(await queuedChanges(db.sql, 'trucks'), [
+    ['INSERT', '1', { id: 1, name: 'big', load: 10 }],
+    ['UPDATE', '1', { name: 'bigger' }],
+    ['DELETE', '1', {}],
+  ]);
+});
+
 test('setup twice warns and neither doubles the trigger nor the snapshot', async () => {
   await db.sql`create table twice (id int primary key)`;
   await db.sql`insert into twice values (1)`;

@@ -305,6 +305,8 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
       sku text primary key, n bigint, amount numeric(38, 10), doc jsonb, tags text[],
       at timestamptz, blob bytea, m mood, note text)`;
   await db.sql`create table audit (id bigint primary key, body text)`;
+  // Keys whose JSON text differs between json and jsonb: a float, an array.
+  await db.sql`create table readings (at float8 primary key, tags int[] unique not null)`;
   await db.sql`
     insert into ledger values
       ('A', 9007199254740993, 1234567890123456789012345678.0123456789, '{"x": [1, {"y": null}]}',
@@ -312,6 +314,10 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
        ${'caf\u00e9 "q" \\ \n\t\u0001'})`;
   await db.sql`select pg2kafka.setup('ledger', 'sku')`;
   await db.sql`select pg2kafka.setup('audit', 'id', full_row => true)`;
+  await db.sql`select pg2kafka.setup('readings', 'tags')`;
+  await db.sql`insert into readings values (1e20, '{1,2}')`;
+  await db.sql`update readings set at = -0.0`;
+  await db.sql`update readings set tags = '{3}'`;
   await db.sql`insert into ledger (sku, n, note) values ('B', -9223372036854775808, '')`;
   await db.sql`update ledger set amount = 1.50, note = null where sku = 'A'`;
   await db.sql`update ledger set n = n + 1 where sku = 'A'`;
@@ -335,12 +341,13 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
     select uuid::text, table_name, external_id, statement, data::text,
            to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as created_at
     from pg2kafka.outbound_event_queue order by id, part`;
-  assert.equal(expected.length, 13);
+  assert.equal(expected.length, 17);
 
   const r = relay();
   const shipped = [
     ...(await kafka.consume(`pg2kafka.${db.name}.ledger`, 8, 30_000, 500)),
     ...(await kafka.consume(`pg2kafka.${db.name}.audit`, 5, 30_000, 500)),
+    ...(await kafka.consume(`pg2kafka.${db.name}.readings`, 4, 30_000, 500)),
   ];
   await waitFor('an empty queue', async () => (await queueDepth()) === 0);
   await r.stop();
