@@ -75,7 +75,9 @@ DECLARE
 BEGIN
   FOR trigger_name IN
     SELECT tgname FROM pg_trigger
-    WHERE tgrelid = tbl AND tgname IN ('pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate', 'pg2kafka_wake')
+    WHERE tgrelid = tbl AND tgname IN ('_pg2kafka_insert', '_pg2kafka_update', '_pg2kafka_delete', '_pg2kafka_truncate', '_pg2kafka_wake',
+                                       -- the names before 0.1.0
+                                       'pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate', 'pg2kafka_wake')
   LOOP
     EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, tbl);
   END LOOP;
@@ -185,21 +187,24 @@ BEGIN
   PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
 
   PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
+  -- AFTER triggers fire in name order, and "_" sorts before every lowercase letter: ours
+  -- fire before a user's trigger named like most are (set_slug, audit_row), so a change
+  -- such a trigger makes to the same row queues after the change that caused it.
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
+    'CREATE TRIGGER _pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
+    'CREATE TRIGGER _pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
+    'CREATE TRIGGER _pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
     table_name_ref, table_name_ref::oid);
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
+    'CREATE TRIGGER _pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
     table_name_ref, table_name_ref::oid);
   -- Once per statement, after the row triggers: wakes an idle relay (sql/15_wake.sql).
   EXECUTE format(
-    'CREATE TRIGGER pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
+    'CREATE TRIGGER _pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
     table_name_ref);
 
   EXECUTE format(

@@ -48,11 +48,11 @@ async function tracked(
 }
 
 const CAPTURE_TRIGGERS = [
-  'pg2kafka_delete',
-  'pg2kafka_insert',
-  'pg2kafka_truncate',
-  'pg2kafka_update',
-  'pg2kafka_wake',
+  '_pg2kafka_delete',
+  '_pg2kafka_insert',
+  '_pg2kafka_truncate',
+  '_pg2kafka_update',
+  '_pg2kafka_wake',
 ];
 
 test('runCli passes a variable given as undefined as unset', async () => {

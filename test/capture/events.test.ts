@@ -253,8 +253,8 @@ test('multi-row statements: every row, in statement order, also upserts and writ
   assert.equal(changes.length, 9, 'a statement that writes no row adds no event');
 });
 
-test("a user's AFTER trigger that updates the new row: INSERT queued before that UPDATE", async () => {
-  await db.sql`create table articles (id int primary key, title text not null, slug text)`;
+test("a user's AFTER triggers that change the same row: their changes queue after the change that fired them", async () => {
+  await db.sql`create table articles (id int primary key, title text not null, slug text, edits int not null default 0)`;
   await db.sql`select pg2kafka.setup('articles', 'id')`;
   await db.sql`
     create function set_slug() returns trigger language plpgsql as $$
@@ -262,14 +262,35 @@ test("a user's AFTER trigger that updates the new row: INSERT queued before that
       update articles set slug = lower(new.title) where id = new.id;
       return null;
     end $$`;
-  await db.sql`create trigger set_slug after insert on articles for each row execute function set_slug()`;
-  await db.sql`insert into articles (id, title) values (1, 'Hello'), (2, 'World')`;
-  assert.deepEqual(await queuedChanges(db.sql, 'articles'), [
-    ['INSERT', '1', { id: 1, title: 'Hello', slug: null }],
-    ['UPDATE', '1', { slug: 'hello' }],
-    ['INSERT', '2', { id: 2, title: 'World', slug: null }],
-    ['UPDATE', '2', { slug: 'world' }],
-  ]);
+  await db.sql`
+    create function count_edit() returns trigger language plpgsql as $$
+    begin
+      if new.title is distinct from old.title then
+        update articles set edits = edits + 1 where id = new.id;
+      end if;
+      return null;
+    end $$`;
+  // Names that sort before and after "pg2kafka": AFTER triggers fire in name order.
+  for (const name of ['a_slug', 'z_slug']) {
+    await db.sql.unsafe(
+      `create trigger ${name} after insert on articles for each row execute function set_slug()`,
+    );
+  }
+  for (const name of ['a_edits', 'z_edits']) {
+    await db.sql.unsafe(
+      `create trigger ${name} after update on articles for each row execute function count_edit()`,
+    );
+  }
+  await db.sql`insert into articles (id, title) values (1, 'Hello')`;
+  await db.sql`update articles set title = 'Bye' where id = 1`;
+  const changes = await queuedChanges(db.sql, 'articles');
+  assert.deepEqual(changes[0], ['INSERT', '1', { id: 1, title: 'Hello', slug: null, edits: 0 }]);
+  assert.deepEqual(changes.at(-1)?.[2], { edits: 2 }, 'the last UPDATE has the final count');
+  // Replaying the events in queue order gives the row as it is now.
+  const replayed: Record<string, unknown> = {};
+  for (const [, , data] of changes) Object.assign(replayed, data);
+  const [row] = await db.sql`select * from articles where id = 1`;
+  assert.deepEqual(replayed, { ...row });
 });
 
 test('an inheritance child set up on its own is captured also through its parent', async () => {

@@ -30,7 +30,7 @@ async function assertVictimsUnharmed(): Promise<void> {
 async function captureState(table: string): Promise<{ triggers: string[]; registered: boolean }> {
   const triggers = await db.sql<{ name: string }[]>`
     select tgname as name from pg_trigger
-    where tgrelid = ${table}::regclass and tgname like 'pg2kafka%' order by tgname`;
+    where tgrelid = ${table}::regclass and tgname like '%pg2kafka%' order by tgname`;
   const [registered] = await db.sql<{ exists: boolean }[]>`
     select exists (select 1 from pg2kafka.tracked_tables where table_oid = ${table}::regclass)`;
   return { triggers: triggers.map((t) => t.name), registered: registered?.exists ?? false };
@@ -204,11 +204,11 @@ test('the writer role cannot read or write the queue, nor call setup or teardown
   assert.deepEqual(await queuedChanges(db.sql, 'invoices'), queued);
   assert.deepEqual(await captureState('invoices'), {
     triggers: [
-      'pg2kafka_delete',
-      'pg2kafka_insert',
-      'pg2kafka_truncate',
-      'pg2kafka_update',
-      'pg2kafka_wake',
+      '_pg2kafka_delete',
+      '_pg2kafka_insert',
+      '_pg2kafka_truncate',
+      '_pg2kafka_update',
+      '_pg2kafka_wake',
     ],
     registered: true,
   });
@@ -444,11 +444,11 @@ test('setup refuses to run in a REPEATABLE READ or SERIALIZABLE transaction', as
   );
   assert.deepEqual(await captureState('customers'), {
     triggers: [
-      'pg2kafka_delete',
-      'pg2kafka_insert',
-      'pg2kafka_truncate',
-      'pg2kafka_update',
-      'pg2kafka_wake',
+      '_pg2kafka_delete',
+      '_pg2kafka_insert',
+      '_pg2kafka_truncate',
+      '_pg2kafka_update',
+      '_pg2kafka_wake',
     ],
     registered: true,
   });
