@@ -3,8 +3,11 @@
 --
 -- pg2kafka.outbound_event_queue keeps the original pg2kafka's name and columns (uuid,
 -- external_id, table_name, statement, data, created_at, processed), so queries written
--- for it keep working; its rows live in pg2kafka.captured_changes. The relay reads this
--- view, so the meaning of an event is defined once, here:
+-- for it keep working; its rows live in pg2kafka.captured_changes. It is the reference
+-- for what an event means. The relay builds the same events from the raw rows itself
+-- (src/relay/events.ts: 10x cheaper per event than reading this view), and a test
+-- (test/relay/relay.test.ts) ships every kind of event and compares each message with
+-- this view: change both together.
 --   SNAPSHOT, INSERT   data = the full row
 --   UPDATE             data = only the columns whose value changed (the full new row
 --                      for a table set up in full-row mode)
@@ -23,7 +26,8 @@
 
 -- RFC 4122 version 3 uuid of `name` in `namespace`: md5(namespace bytes || name bytes),
 -- with the version and variant bits set. No SET clause and every name qualified: these
--- helpers run for every event the relay reads, and a SET clause costs a settings
+-- helpers run for every row read through the view (changed_columns also for the relay's
+-- UPDATEs), and a SET clause costs a settings
 -- save/restore per call and keeps PostgreSQL from inlining them.
 CREATE OR REPLACE FUNCTION pg2kafka.uuid_v3_from_md5(h text)
 RETURNS uuid
