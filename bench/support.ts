@@ -4,7 +4,9 @@
  * /proc, and the arithmetic of medians and percentiles.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
@@ -180,6 +182,55 @@ export async function messagesInTopic(brokers: string, topic: string): Promise<n
     return offsets.reduce((n, o) => n + Number(o.high), 0);
   } finally {
     await admin.disconnect();
+  }
+}
+
+/**
+ * Runs a pgbench script (SQL text) for `seconds` with `clients` connections, at most
+ * `rate` transactions/s when given; resolves to pgbench's tps.
+ */
+export async function pgbench(options: {
+  url: string;
+  script: string;
+  clients: number;
+  seconds: number;
+  rate?: number;
+  synchronousCommit?: 'on' | 'off';
+}): Promise<number> {
+  const { url, script, clients, seconds, rate, synchronousCommit = 'on' } = options;
+  const dir = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
+  const file = join(dir, 'script.sql');
+  writeFileSync(file, script);
+  const args = ['-n', '-c', String(clients), '-j', String(Math.min(clients, 2))];
+  if (rate !== undefined) args.push('-R', String(rate));
+  args.push('-T', String(seconds), '-f', file, url);
+  try {
+    const { code, stdout, stderr } = await new Promise<{
+      code: number | null;
+      stdout: string;
+      stderr: string;
+    }>((resolve, reject) => {
+      const child = spawn('pgbench', args, {
+        env: { ...process.env, PGOPTIONS: `-c synchronous_commit=${synchronousCommit}` },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const out = { stdout: '', stderr: '' };
+      child.stdout.on('data', (chunk: Buffer) => (out.stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (out.stderr += chunk.toString()));
+      child.once('error', reject);
+      child.once('exit', (exitCode) => {
+        resolve({ code: exitCode, ...out });
+      });
+    });
+    const tps = /tps = ([\d.]+)/.exec(stdout)?.[1];
+    if (code !== 0 || tps === undefined) {
+      throw new Error(
+        `pgbench failed (exit ${String(code)}); is pgbench (PostgreSQL's client tools) on the PATH?\n${stdout}${stderr}`,
+      );
+    }
+    return Number(tps);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { before, test } from 'node:test';
-import { migrated, queuedChanges } from './capture/support.ts';
+import { CAPTURE_TRIGGERS, migrated, queuedChanges } from './capture/support.ts';
 import { useTestDatabase } from './helpers.ts';
 import { runCli } from './relay/support.ts';
 import type { Status } from '../src/commands/status.ts';
@@ -46,14 +46,6 @@ async function tracked(
     where table_oid = ${table}::regclass`;
   return row && { column: row.column, fullRow: row.full_row, capturing: row.capturing };
 }
-
-const CAPTURE_TRIGGERS = [
-  '_pg2kafka_delete',
-  '_pg2kafka_insert',
-  '_pg2kafka_truncate',
-  '_pg2kafka_update',
-  '_pg2kafka_wake',
-];
 
 test('runCli passes a variable given as undefined as unset', async () => {
   // The tests below rely on it to run commands without a variable npm test provides.

@@ -5,15 +5,19 @@
  * created_at (the writer's transaction start, read from the message). Then a trickle, one
  * insert every 400 ms, to an idle relay that must be woken.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import postgres from 'postgres';
 import { socketFactory } from '../../src/kafka/kafkajs-sink.ts';
 import type { BenchContext, Measure } from '../report.ts';
-import { benchDatabase, percentile, rotated, sleep, spawnRelay, type Sink } from '../support.ts';
+import {
+  benchDatabase,
+  percentile,
+  pgbench,
+  rotated,
+  sleep,
+  spawnRelay,
+  type Sink,
+} from '../support.ts';
 
 const SINKS: Sink[] = ['kafkajs', 'platformatic'];
 
@@ -25,23 +29,6 @@ function createdAtMs(createdAt: string): number {
   return Date.parse(`${createdAt.slice(0, 19)}Z`) + Number(createdAt.slice(20, 26)) / 1000;
 }
 
-function runPgbench(url: string, script: string, seconds: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      'pgbench',
-      ['-n', '-c', '4', '-j', '2', '-R', String(RATE), '-T', String(seconds), '-f', script, url],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      if (code === 0) resolve();
-      else reject(new Error(`pgbench exited with ${String(code)}: ${stderr}`));
-    });
-  });
-}
-
 interface LatencyRun {
   steady: number[];
   trickle: number[];
@@ -51,7 +38,6 @@ interface LatencyRun {
 async function latencyOnce(ctx: BenchContext, sink: Sink, seconds: number): Promise<LatencyRun> {
   const db = await benchDatabase('latency');
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
-  const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
   // TCP_NODELAY, like Java consumers: kafkajs's default sockets let Nagle's algorithm hold
   // a fetch back behind the previous request's offset commit.
   const kafka = new Kafka({
@@ -66,8 +52,6 @@ async function latencyOnce(ctx: BenchContext, sink: Sink, seconds: number): Prom
     await sql`create table readings (id bigserial primary key, sensor text not null, value float8 not null)`;
     await sql`select pg2kafka.setup('readings', 'id')`;
     await relay.active;
-    const script = join(work, 'insert.sql');
-    writeFileSync(script, `insert into readings (sensor, value) values ('steady', random());\n`);
 
     const topic = `pg2kafka.${db.name}.readings`;
     const latencies = { steady: [] as number[], trickle: [] as number[], seed: [] as number[] };
@@ -91,7 +75,13 @@ async function latencyOnce(ctx: BenchContext, sink: Sink, seconds: number): Prom
     });
     while (latencies.seed.length === 0) await sleep(50);
 
-    await runPgbench(db.url, script, seconds);
+    await pgbench({
+      url: db.url,
+      script: `insert into readings (sensor, value) values ('steady', random());\n`,
+      clients: 4,
+      seconds,
+      rate: RATE,
+    });
     const [row] = await sql<{ n: number }[]>`
       select count(*)::int as n from readings where sensor = 'steady'`;
     const expected = row?.n ?? 0;
@@ -114,7 +104,6 @@ async function latencyOnce(ctx: BenchContext, sink: Sink, seconds: number): Prom
     await relay.stop();
     await sql.end({ timeout: 2 });
     await db.drop();
-    rmSync(work, { recursive: true, force: true });
   }
 }
 

@@ -5,13 +5,9 @@
  * and noisy). Each round gives one ratio tracked / plain; the report shows their median
  * and range.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import postgres from 'postgres';
 import type { BenchContext, Measure, Target } from '../report.ts';
-import { benchDatabase, createItems, median, rotated } from '../support.ts';
+import { benchDatabase, createItems, median, pgbench, rotated } from '../support.ts';
 
 interface WriterCase {
   name: string;
@@ -74,40 +70,10 @@ function script(statement: WriterCase['statement'], table: string): string {
   }
 }
 
-function pgbench(url: string, file: string, c: WriterCase, seconds: number): number {
-  const result = spawnSync(
-    'pgbench',
-    [
-      '-n',
-      '-c',
-      String(c.clients),
-      '-j',
-      String(Math.min(c.clients, 2)),
-      '-T',
-      String(seconds),
-      '-f',
-      file,
-      url,
-    ],
-    {
-      encoding: 'utf8',
-      env: { ...process.env, PGOPTIONS: `-c synchronous_commit=${c.synchronousCommit}` },
-    },
-  );
-  const tps = /tps = ([\d.]+)/.exec(result.stdout)?.[1];
-  if (result.status !== 0 || tps === undefined) {
-    throw new Error(
-      `pgbench failed (exit ${String(result.status)}); is pgbench (postgresql-client) installed?\n${result.stdout}${result.stderr}`,
-    );
-  }
-  return Number(tps);
-}
-
 export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
   const rounds = ctx.quick ? 1 : 3;
   const seconds = ctx.quick ? 3 : 8;
   const db = await benchDatabase('writers');
-  const work = mkdtempSync(join(tmpdir(), 'pg2kafka-bench-'));
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
   const measures: Measure[] = [];
   try {
@@ -117,21 +83,21 @@ export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
     }
     await sql`select pg2kafka.setup('tracked', 'sku')`;
     await sql`delete from pg2kafka.captured_changes`;
-    const files = new Map<string, string>();
-    for (const c of CASES) {
-      for (const table of SIDES) {
-        const file = join(work, `${c.statement}-${table}.sql`);
-        writeFileSync(file, script(c.statement, table));
-        files.set(`${c.statement}-${table}`, file);
-      }
-    }
     for (const c of CASES) {
       const tps = { plain: [] as number[], tracked: [] as number[] };
       for (let round = 0; round < rounds; round += 1) {
         for (const side of rotated(SIDES, round)) {
           await sql`delete from pg2kafka.captured_changes`;
           await sql`checkpoint`;
-          tps[side].push(pgbench(db.url, files.get(`${c.statement}-${side}`) ?? '', c, seconds));
+          tps[side].push(
+            await pgbench({
+              url: db.url,
+              script: script(c.statement, side),
+              clients: c.clients,
+              seconds,
+              synchronousCommit: c.synchronousCommit,
+            }),
+          );
         }
         ctx.log(
           `${c.name}, round ${round + 1}/${rounds}: plain ${tps.plain.at(-1)?.toFixed(0)}, tracked ${tps.tracked.at(-1)?.toFixed(0)} statements/s`,
@@ -160,6 +126,5 @@ export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
   } finally {
     await sql.end({ timeout: 5 });
     await db.drop();
-    rmSync(work, { recursive: true, force: true });
   }
 }

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { before, test, type TestContext } from 'node:test';
 import postgres from 'postgres';
 import { uniqueName, useTestDatabase, type Sql } from '../helpers.ts';
-import { migrated, queuedChanges, queuedEvents } from './support.ts';
+import { CAPTURE_TRIGGERS, migrated, queuedChanges, queuedEvents } from './support.ts';
 
 const db = useTestDatabase();
 
@@ -203,13 +203,7 @@ test('the writer role cannot read or write the queue, nor call setup or teardown
 
   assert.deepEqual(await queuedChanges(db.sql, 'invoices'), queued);
   assert.deepEqual(await captureState('invoices'), {
-    triggers: [
-      '_pg2kafka_delete',
-      '_pg2kafka_insert',
-      '_pg2kafka_truncate',
-      '_pg2kafka_update',
-      '_pg2kafka_wake',
-    ],
+    triggers: CAPTURE_TRIGGERS,
     registered: true,
   });
 });
@@ -443,13 +437,7 @@ test('setup refuses to run in a REPEATABLE READ or SERIALIZABLE transaction', as
     (tx) => tx`select pg2kafka.setup('customers', 'id')`,
   );
   assert.deepEqual(await captureState('customers'), {
-    triggers: [
-      '_pg2kafka_delete',
-      '_pg2kafka_insert',
-      '_pg2kafka_truncate',
-      '_pg2kafka_update',
-      '_pg2kafka_wake',
-    ],
+    triggers: CAPTURE_TRIGGERS,
     registered: true,
   });
 });

@@ -8,6 +8,15 @@ export async function migrated(db: TestDatabase): Promise<void> {
   await migrate({ databaseUrl: db.url });
 }
 
+/** The triggers setup() installs on a table, in name order (sql/20_setup.sql). */
+export const CAPTURE_TRIGGERS = [
+  '_pg2kafka_delete',
+  '_pg2kafka_insert',
+  '_pg2kafka_truncate',
+  '_pg2kafka_update',
+  '_pg2kafka_wake',
+];
+
 export interface QueuedEvent {
   id: string;
   part: number;
