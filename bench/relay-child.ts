@@ -24,11 +24,14 @@ import type { Config } from '../src/config.ts';
 
 const discard: EventSink = {
   prepareTopics: () => Promise.resolve([]),
-  send: () => Promise.resolve([]),
+  send: (messages) => Promise.resolve(messages.map(() => ({ status: 'acked' }))),
   close: () => Promise.resolve(),
 };
 
-/** Sends like KafkajsSink (acks = all, Java-compatible murmur2 partitions), without its fallbacks. */
+/**
+ * Sends like KafkajsSink (acks = all, Java-compatible murmur2 partitions), without its
+ * per-partition accounting: a failure rejects the whole send.
+ */
 function platformaticSink(config: Config, logger: Logger): EventSink {
   const topics = new KafkajsSink(createKafka(config, logger), config, logger);
   const producer = new Producer({
@@ -50,7 +53,7 @@ function platformaticSink(config: Config, logger: Logger): EventSink {
           headers: new Map(Object.entries(m.headers)),
         })),
       });
-      return [];
+      return messages.map(() => ({ status: 'acked' }));
     },
     async close() {
       await producer.close();

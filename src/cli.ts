@@ -6,6 +6,11 @@
  * configuration, 1 runtime failure.
  */
 import { config as loadDotenv } from 'dotenv';
+import {
+  deadLettersCommand,
+  deadLettersHelp,
+  parseDeadLettersArgs,
+} from './commands/dead-letters.ts';
 import { migrateCommand, migrateHelp } from './commands/migrate.ts';
 import { relayCommand, relayHelp } from './commands/relay.ts';
 import { setupCommand, setupHelp, teardownCommand, teardownHelp } from './commands/setup.ts';
@@ -26,7 +31,13 @@ Commands:
   setup <table> <column> [--full-row]
                                  start capturing a table, keyed by <column>
   teardown <table>               stop capturing a table
-  status [--json]                tracked tables, queue depth, active relay
+  status [--json]                tracked tables, queue depth, dead letters, active relay
+  dead-letters [--json] [--table <table>]
+                                 list the events Kafka refused for good
+  dead-letters retry <id>... | --all
+                                 put dead letters back in the queue (ahead of their key)
+  dead-letters discard <id>... | --all
+                                 drop dead letters for good
 
 Options:
   -h, --help     show this help (pg2kafka <command> --help for a command's)
@@ -80,6 +91,7 @@ export async function main(argv: string[], env: Env): Promise<number> {
     setup: setupHelp,
     teardown: teardownHelp,
     status: statusHelp,
+    'dead-letters': deadLettersHelp,
   };
   const help = helps[command];
   if (help === undefined)
@@ -133,6 +145,12 @@ export async function main(argv: string[], env: Env): Promise<number> {
       process.stdout.write(
         flags.has('--json') ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status),
       );
+      return 0;
+    }
+    case 'dead-letters': {
+      const action = parseDeadLettersArgs(args);
+      const config = parseConfig(env, { needsKafka: false });
+      process.stdout.write(await deadLettersCommand(config, action));
       return 0;
     }
     default:

@@ -9,6 +9,8 @@ import { readFileSync } from 'node:fs';
 import { UsageError } from './errors.ts';
 
 export type SaslMechanism = 'plain' | 'scram-sha-256' | 'scram-sha-512';
+export const DEAD_LETTER_POLICIES = ['park-key', 'hold-table', 'skip'] as const;
+export type DeadLetterPolicy = (typeof DEAD_LETTER_POLICIES)[number];
 
 export interface Config {
   databaseUrl: string;
@@ -19,6 +21,12 @@ export interface Config {
   performMigrations: boolean;
   dryRun: boolean;
   batchSize: number;
+  /** Most bytes of row data read per batch; one larger row still ships alone. */
+  batchBytes: number;
+  /** What happens to an event Kafka refuses for good (see README "Dead letters"). */
+  deadLetterPolicy: DeadLetterPolicy;
+  /** Whether an idle relay asks writers to wake it with NOTIFY (off for two-phase commit). */
+  wakeNotify: boolean;
   /** Longest wait between two polls of an idle queue. */
   pollIntervalMs: number;
   logLevel: string;
@@ -78,6 +86,24 @@ export const VARIABLES: VariableSpec[] = [
     name: 'BATCH_SIZE',
     default: '1000',
     meaning: 'most captured changes read and sent per batch (1 to 100000)',
+  },
+  {
+    name: 'BATCH_BYTES',
+    default: '8388608',
+    meaning:
+      'most bytes of row data read per batch (65536 to 1073741824); a larger row ships alone',
+  },
+  {
+    name: 'DEAD_LETTER_POLICY',
+    default: 'park-key',
+    meaning:
+      "an event Kafka refuses for good: park-key (set aside with its key's later events), hold-table (keep the table waiting) or skip (set aside alone)",
+  },
+  {
+    name: 'WAKE_NOTIFY',
+    default: 'true',
+    meaning:
+      'an idle relay asks writers to NOTIFY it; set false if writers use PREPARE TRANSACTION (then it polls)',
   },
   {
     name: 'POLL_INTERVAL_MS',
@@ -276,6 +302,18 @@ function readPemFile(env: Env, name: string, problems: Problems): string | undef
   }
 }
 
+function parseDeadLetterPolicy(env: Env, problems: Problems): DeadLetterPolicy {
+  const value = read(env, 'DEAD_LETTER_POLICY')?.toLowerCase();
+  if (value === undefined) return 'park-key';
+  if (!DEAD_LETTER_POLICIES.includes(value as DeadLetterPolicy)) {
+    problems.add(
+      `DEAD_LETTER_POLICY must be one of ${DEAD_LETTER_POLICIES.join(', ')}, got "${value}"`,
+    );
+    return 'park-key';
+  }
+  return value as DeadLetterPolicy;
+}
+
 function parseSasl(env: Env, problems: Problems): Config['sasl'] {
   const mechanism = read(env, 'KAFKA_SASL_MECHANISM')?.toLowerCase();
   const username = read(env, 'KAFKA_SASL_USERNAME');
@@ -353,6 +391,9 @@ export function parseConfig(
     performMigrations: parseBoolean(env, 'PERFORM_MIGRATIONS', false, problems),
     dryRun,
     batchSize: parseWholeNumber(env, 'BATCH_SIZE', 1, 100_000, problems) ?? 1000,
+    batchBytes: parseWholeNumber(env, 'BATCH_BYTES', 65_536, 1_073_741_824, problems) ?? 8_388_608,
+    deadLetterPolicy: parseDeadLetterPolicy(env, problems),
+    wakeNotify: parseBoolean(env, 'WAKE_NOTIFY', true, problems),
     pollIntervalMs: parseWholeNumber(env, 'POLL_INTERVAL_MS', 10, 60_000, problems) ?? 500,
     logLevel,
     autoCreateTopics: parseBoolean(env, 'AUTO_CREATE_TOPICS', true, problems),

@@ -137,6 +137,7 @@ test('--version prints the version of package.json; --help of each command exits
     ['teardown', '--help'],
     ['status', '--help'],
     ['status', '-h'],
+    ['dead-letters', '--help'],
   ];
   for (const [command, flag] of helps) {
     // Help needs no configuration at all.
@@ -329,19 +330,21 @@ test('status and status --json: tracked tables, queued counts, no active relay',
   );
   assert.equal(status.relay.active, false);
   assert.equal(status.relay.holder, null);
+  assert.deepEqual(status.deadLetters, { total: 0, parkedKeys: 0 });
 
   const text = await runCli(['status'], env());
   assert.equal(text.code, 0, text.stderr);
   const lines = text.stdout.split('\n');
   assert.equal(lines[0], 'relay: none active');
   assert.match(lines[1] ?? '', /^queue: 4 event\(s\), oldest \d+\.\d s old$/);
-  assert.equal(lines[2], 'tables:');
-  assert.match(lines[3] ?? '', /^ {2}public\.status_a key=id: 3 queued, oldest \d+\.\d s$/);
+  assert.equal(lines[2], 'dead letters: none');
+  assert.equal(lines[3], 'tables:');
+  assert.match(lines[4] ?? '', /^ {2}public\.status_a key=id: 3 queued, oldest \d+\.\d s$/);
   assert.match(
-    lines[4] ?? '',
+    lines[5] ?? '',
     /^ {2}public\.status_b key=code full-row: 1 queued, oldest \d+\.\d s$/,
   );
-  assert.equal(lines.length, 6, text.stdout);
+  assert.equal(lines.length, 7, text.stdout);
 });
 
 test('an error never shows the password of DATABASE_URL', async () => {

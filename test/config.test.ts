@@ -62,6 +62,9 @@ const DEFAULTS: Config = {
   performMigrations: false,
   dryRun: false,
   batchSize: 1000,
+  batchBytes: 8_388_608,
+  deadLetterPolicy: 'park-key',
+  wakeNotify: true,
   pollIntervalMs: 500,
   logLevel: 'info',
   autoCreateTopics: true,
@@ -180,6 +183,30 @@ test('booleans accept true/false, 1/0, yes/no, on/off and nothing else', () => {
   ] as const) {
     assert.equal(parseConfig({ ...BASE, PERFORM_MIGRATIONS: value }).performMigrations, expected);
   }
+});
+
+test('BATCH_BYTES, DEAD_LETTER_POLICY and WAKE_NOTIFY accept only what they document', () => {
+  for (const value of ['65535', '1073741825', '8M']) {
+    rejects(
+      'BATCH_BYTES',
+      value,
+      `BATCH_BYTES must be a whole number from 65536 to 1073741824, got "${value}"`,
+    );
+  }
+  assert.equal(parseConfig({ ...BASE, BATCH_BYTES: '65536' }).batchBytes, 65_536);
+  rejects(
+    'DEAD_LETTER_POLICY',
+    'drop',
+    'DEAD_LETTER_POLICY must be one of park-key, hold-table, skip, got "drop"',
+  );
+  for (const policy of ['park-key', 'hold-table', 'skip', 'SKIP'] as const) {
+    assert.equal(
+      parseConfig({ ...BASE, DEAD_LETTER_POLICY: policy }).deadLetterPolicy,
+      policy.toLowerCase(),
+    );
+  }
+  assert.equal(parseConfig({ ...BASE, WAKE_NOTIFY: 'false' }).wakeNotify, false);
+  rejects('WAKE_NOTIFY', 'sometimes', 'WAKE_NOTIFY must be true or false, got "sometimes"');
 });
 
 test('LOG_LEVEL must be one of the pino levels', () => {

@@ -15,6 +15,7 @@ import { createKafka, KafkajsSink } from '../kafka/kafkajs-sink.ts';
 import type { EventSink } from '../kafka/sink.ts';
 import type { Logger } from '../logger.ts';
 import { backoffDelay } from '../relay/backoff.ts';
+import { DeadLetterStore } from '../relay/dead-letters.ts';
 import { IdleFlag, startListener } from '../relay/listener.ts';
 import { EventQueue } from '../relay/queue.ts';
 import { Relay, type RelayEvent } from '../relay/relay.ts';
@@ -78,15 +79,34 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
           `cannot ship events now, retrying in ${event.retryInMs} ms: ${event.error instanceof Error ? event.error.message : String(event.error)}`,
         );
         break;
-      case 'table-blocked':
-        logger.error(
-          { table: event.table, topic: event.topic, retryInMs: event.retryInMs },
-          `events of ${event.table} stay queued: ${event.reason}`,
+      case 'topic-held':
+        // A retriable hold (no leader, a broker restarting) waits itself out: a warning.
+        logger[event.retriable ? 'warn' : 'error'](
+          { topic: event.topic, tables: event.tables, retryInMs: event.retryInMs },
+          `events of ${event.tables.join(', ')} stay queued: ${event.reason}`,
         );
         break;
-      case 'table-unblocked':
-        logger.info({ table: event.table }, 'retrying the events of a table that was held back');
+      case 'topic-released':
+        logger.info(
+          { topic: event.topic, tables: event.tables },
+          'retrying the events of a topic that was held back',
+        );
         break;
+      case 'dead-letter': {
+        const { entry } = event;
+        logger.error(
+          {
+            id: entry.id,
+            table: `${entry.schemaName}.${entry.tableName}`,
+            topic: entry.topic,
+            key: entry.externalId,
+            errorCode: entry.errorCode,
+            parked: entry.parked,
+          },
+          `event set aside as a dead letter: ${entry.reason} (list them with pg2kafka dead-letters)`,
+        );
+        break;
+      }
       case 'stopped':
         logger.info('relay stopped');
         break;
@@ -160,25 +180,32 @@ export async function startRelay(
     (config.dryRun
       ? new DryRunSink()
       : new KafkajsSink(createKafka(config, log), config, log.child({ component: 'kafka' })));
-  const idleFlag = new IdleFlag(config.databaseUrl);
+  // WAKE_NOTIFY=false: no idle flag, so writers never NOTIFY (two-phase commit refuses
+  // PREPARE TRANSACTION after one); the relay then polls every POLL_INTERVAL_MS when idle.
+  const idleFlag = config.wakeNotify ? new IdleFlag(config.databaseUrl) : undefined;
   const relay = new Relay({
     queue: new EventQueue(sql),
+    deadLetters: new DeadLetterStore(sql),
     sink,
     batchSize: config.batchSize,
+    batchBytes: config.batchBytes,
+    deadLetterPolicy: config.deadLetterPolicy,
     pollIntervalMs: config.pollIntervalMs,
     topicPrefix: config.topicPrefix,
     topicNamespace: config.topicNamespace,
     dryRun: config.dryRun,
-    idleFlag,
+    ...(idleFlag ? { idleFlag } : {}),
   });
   logRelayEvents(relay, log);
-  const listener = startListener(
-    config.databaseUrl,
-    () => {
-      relay.wake();
-    },
-    log.child({ component: 'listener' }),
-  );
+  const listener = idleFlag
+    ? startListener(
+        config.databaseUrl,
+        () => {
+          relay.wake();
+        },
+        log.child({ component: 'listener' }),
+      )
+    : undefined;
   const done = relay.start();
 
   let shuttingDown: Promise<void> | undefined;
@@ -186,8 +213,8 @@ export async function startRelay(
     stopping = true;
     shuttingDown ??= (async () => {
       await relay.stop();
-      await listener.stop();
-      await idleFlag.close();
+      await listener?.stop();
+      await idleFlag?.close();
       await sink.close();
       await sql.end({ timeout: 2 });
     })();

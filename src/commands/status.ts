@@ -5,12 +5,18 @@ import type { Config } from '../config.ts';
 export const statusHelp = `Usage: pg2kafka status [--json]
 
 Shows the tracked tables, the queue depth and the age of the oldest queued event per
-table, and whether a relay is active (and which one). --json prints the same as JSON.
+table, the dead letters (events Kafka refused for good) and how many keys they park, and
+whether a relay is active (and which one). --json prints the same as JSON.
 `;
 
 export interface Status {
   relay: { active: boolean; holder: string | null; expiresInMs: number | null };
   queue: { events: number; oldestAgeSeconds: number | null };
+  /**
+   * Events set aside in pg2kafka.dead_letters, and the distinct (table, key) pairs they
+   * park. Null when the schema has no dead letters table yet (run pg2kafka migrate).
+   */
+  deadLetters: { total: number; parkedKeys: number } | null;
   tables: Array<{
     table: string;
     externalIdColumn: string;
@@ -48,7 +54,9 @@ export async function statusCommand(config: Config): Promise<Status> {
         oldest: number | null;
       }[]
     >`
-      select coalesce(format('%I.%I', n.nspname, c.relname), format('%I.%I', t.schema_name, t.table_name) || ' (dropped)') as table,
+      -- format's %I raises on NULL: a dropped table (no pg_class row) takes its recorded name.
+      select case when c.oid is null then format('%I.%I', t.schema_name, t.table_name) || ' (dropped)'
+                  else format('%I.%I', n.nspname, c.relname) end as table,
              t.external_id_column as column, t.full_row, t.capturing,
              exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
                      and a.attname = t.external_id_column and not a.attisdropped) as key_exists,
@@ -63,6 +71,21 @@ export async function statusCommand(config: Config): Promise<Status> {
       ) q on q.table_oid = t.table_oid
       where t.capturing or q.queued > 0
       order by 1`;
+    const [hasDeadLetters] = await sql<{ exists: boolean }[]>`
+      select to_regclass('pg2kafka.dead_letters') is not null as exists`;
+    let deadLetters: Status['deadLetters'] = null;
+    if (hasDeadLetters?.exists) {
+      const [counts] = await sql<{ total: string; parked_keys: string }[]>`
+        select (select count(*) from pg2kafka.dead_letters)::text as total,
+               (select count(*) from (
+                  select distinct d.table_oid, k
+                  from pg2kafka.dead_letters d, unnest(d.keys) k
+                  where d.parked) p)::text as parked_keys`;
+      deadLetters = {
+        total: Number(counts?.total ?? 0),
+        parkedKeys: Number(counts?.parked_keys ?? 0),
+      };
+    }
     const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
     const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
     return {
@@ -72,6 +95,7 @@ export async function statusCommand(config: Config): Promise<Status> {
         expiresInMs: lease?.expires_in_ms ?? null,
       },
       queue: { events: queued, oldestAgeSeconds: ages.length > 0 ? Math.max(...ages) : null },
+      deadLetters,
       tables: tables.map((t) => ({
         table: t.table,
         externalIdColumn: t.column,
@@ -87,12 +111,19 @@ export async function statusCommand(config: Config): Promise<Status> {
   }
 }
 
+function formatDeadLetterCounts(deadLetters: Status['deadLetters']): string {
+  if (deadLetters === null) return 'dead letters: no dead letters table (run pg2kafka migrate)';
+  if (deadLetters.total === 0) return 'dead letters: none';
+  return `dead letters: ${deadLetters.total}, parking ${deadLetters.parkedKeys} key(s) (list them with: pg2kafka dead-letters)`;
+}
+
 export function formatStatus(status: Status): string {
   const lines = [
     status.relay.active
       ? `relay: active (${status.relay.holder ?? 'unknown'})`
       : 'relay: none active',
     `queue: ${status.queue.events} event(s)${status.queue.oldestAgeSeconds === null ? '' : `, oldest ${status.queue.oldestAgeSeconds.toFixed(1)} s old`}`,
+    formatDeadLetterCounts(status.deadLetters),
     status.tables.length === 0 ? 'tables: none set up' : 'tables:',
     ...status.tables.map(
       (t) =>

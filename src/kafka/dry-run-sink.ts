@@ -1,4 +1,4 @@
-import type { EventSink, OutboundMessage, TopicProblem } from './sink.ts';
+import type { EventSink, OutboundMessage, SendResult, TopicProblem } from './sink.ts';
 
 /**
  * DRY_RUN: writes each event as one JSON line `{"topic","key","headers","value"}` on
@@ -12,7 +12,7 @@ export class DryRunSink implements EventSink {
     return Promise.resolve([]);
   }
 
-  async send(messages: OutboundMessage[]): Promise<TopicProblem[]> {
+  async send(messages: OutboundMessage[]): Promise<SendResult[]> {
     const text = messages
       .map((m) =>
         JSON.stringify({
@@ -30,7 +30,7 @@ export class DryRunSink implements EventSink {
         else resolve();
       });
     });
-    return [];
+    return messages.map(() => ({ status: 'acked' }));
   }
 
   close(): Promise<void> {

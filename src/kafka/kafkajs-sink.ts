@@ -11,14 +11,16 @@ import {
   Partitioners,
   logLevel as KafkaLogLevel,
   type Admin,
+  type ICustomPartitioner,
   type LogEntry,
+  type PartitionMetadata,
   type Producer,
   type SASLOptions,
 } from 'kafkajs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
-import { kafkaErrorTypes, permanentTopicProblem } from './errors.ts';
-import type { EventSink, OutboundMessage, TopicProblem } from './sink.ts';
+import { classifyKafkaError, permanentTopicProblem, SPLIT_AND_RETRY } from './errors.ts';
+import type { EventSink, OutboundMessage, SendResult, TopicProblem } from './sink.ts';
 
 /**
  * How long the broker may take to acknowledge a request (acks = all). Together with
@@ -26,11 +28,8 @@ import type { EventSink, OutboundMessage, TopicProblem } from './sink.ts';
  * checks its lease before every send, and a send cut off by an outage is simply retried.
  */
 const ACK_TIMEOUT_MS = 5_000;
-/**
- * Most bytes of keys and values in one produce request: every partition's record batch
- * stays well under the broker's default max.message.bytes (1 MiB), whatever BATCH_SIZE.
- */
-const MAX_REQUEST_BYTES = 512 * 1024;
+/** Partition counts are re-read this often (kafkajs's own metadata age), and after errors. */
+const METADATA_MAX_AGE_MS = 300_000;
 
 function saslOptions(config: Config): SASLOptions | undefined {
   const { sasl } = config;
@@ -102,6 +101,9 @@ export class KafkajsSink implements EventSink {
   private readonly admin: Admin;
   private connected = false;
   private readonly knownTopics = new Set<string>();
+  private readonly partitions = new Map<string, { list: PartitionMetadata[]; readAt: number }>();
+  /** Java-compatible murmur2 on the key bytes, so every client agrees on partitions. */
+  private readonly partitioner: ReturnType<ICustomPartitioner> = Partitioners.DefaultPartitioner();
 
   constructor(
     kafka: Kafka,
@@ -110,7 +112,7 @@ export class KafkajsSink implements EventSink {
   ) {
     this.producer = kafka.producer({
       allowAutoTopicCreation: false,
-      // Java-compatible murmur2 on the key bytes, so every client agrees on partitions.
+      // Partitions are chosen by this.partitioner (the same murmur2) before sending.
       createPartitioner: Partitioners.DefaultPartitioner,
     });
     this.admin = kafka.admin();
@@ -166,54 +168,109 @@ export class KafkajsSink implements EventSink {
     return problems;
   }
 
-  async send(messages: OutboundMessage[]): Promise<TopicProblem[]> {
-    if (messages.length === 0) return [];
-    await this.connect();
-    const problems: TopicProblem[] = [];
-    const refused = new Set<string>();
-    // Requests in order; within one, kafkajs keeps each partition's messages in order.
-    for (const chunk of chunkByBytes(messages, MAX_REQUEST_BYTES)) {
-      const pending = chunk.filter((m) => !refused.has(m.topic));
-      try {
-        await this.sendRequest(pending);
-      } catch (error) {
-        if (kafkaErrorTypes(error).includes('UNKNOWN_TOPIC_OR_PARTITION')) this.knownTopics.clear();
-        if (permanentTopicProblem(error) === undefined) throw error;
-        // Some topic refused its messages for good: find which, one topic at a time.
-        for (const [topic, list] of groupByTopic(pending)) {
-          try {
-            await this.sendRequest(list);
-          } catch (topicError) {
-            const reason = permanentTopicProblem(topicError);
-            if (reason === undefined) throw topicError;
-            refused.add(topic);
-            problems.push({
-              topic,
-              retriable: false,
-              reason: `topic "${topic}" refused events: ${reason}`,
-            });
-          }
-        }
-      }
-    }
-    return problems;
+  /** Partitions of a topic, re-read after METADATA_MAX_AGE_MS or after a refusal. */
+  private async partitionsOf(topic: string): Promise<PartitionMetadata[]> {
+    const cached = this.partitions.get(topic);
+    if (cached && performance.now() - cached.readAt < METADATA_MAX_AGE_MS) return cached.list;
+    const { topics } = await this.admin.fetchTopicMetadata({ topics: [topic] });
+    const list = topics.find((t) => t.name === topic)?.partitions ?? [];
+    if (list.length === 0) throw new Error(`Kafka reports no partitions for topic "${topic}"`);
+    list.sort((a, b) => a.partitionId - b.partitionId);
+    this.partitions.set(topic, { list, readAt: performance.now() });
+    return list;
   }
 
-  private async sendRequest(messages: OutboundMessage[]): Promise<void> {
-    if (messages.length === 0) return;
-    await this.producer.sendBatch({
-      acks: -1,
-      timeout: ACK_TIMEOUT_MS,
-      topicMessages: [...groupByTopic(messages)].map(([topic, list]) => ({
-        topic,
-        messages: list.map((m) => ({
-          key: m.key,
-          value: m.value,
-          timestamp: m.timestamp,
-          headers: m.headers,
-        })),
-      })),
-    });
+  async send(messages: OutboundMessage[]): Promise<SendResult[]> {
+    const results: SendResult[] = messages.map(() => ({ status: 'unsent' }));
+    if (messages.length === 0) return results;
+    await this.connect();
+    // One request per topic partition, all at once: a produce response that carries an
+    // error for one partition makes kafkajs throw for the whole request, hiding which
+    // partitions were appended, so partitions must not share a request.
+    const byPartition = new Map<string, { topic: string; partition: number; indexes: number[] }>();
+    const metadata = new Map<string, PartitionMetadata[] | SendResult>();
+    const refusedTopics = new Set<string>();
+    for (const topic of new Set(messages.map((m) => m.topic))) {
+      metadata.set(topic, await this.partitionsOf(topic).catch(refusedResult));
+    }
+    for (const [index, m] of messages.entries()) {
+      const partitionMetadata = metadata.get(m.topic);
+      if (!Array.isArray(partitionMetadata)) {
+        // No partitions known: the topic's first message is refused, the rest unsent.
+        if (partitionMetadata && !refusedTopics.has(m.topic)) results[index] = partitionMetadata;
+        refusedTopics.add(m.topic);
+        continue;
+      }
+      const partition = this.partitioner({
+        topic: m.topic,
+        partitionMetadata,
+        message: { key: m.key, value: m.value },
+      });
+      const id = `${m.topic}\u0000${partition}`;
+      const group = byPartition.get(id);
+      if (group) group.indexes.push(index);
+      else byPartition.set(id, { topic: m.topic, partition, indexes: [index] });
+    }
+    await Promise.all(
+      [...byPartition.values()].map(({ topic, partition, indexes }) =>
+        this.sendPartition(topic, partition, indexes, messages, results),
+      ),
+    );
+    return results;
+  }
+
+  /**
+   * Sends one partition's messages in order; stops at the first refused one. A request
+   * refused as too large is split in halves and each half sent on its own, so that only
+   * the message that is too large by itself is refused.
+   */
+  private async sendPartition(
+    topic: string,
+    partition: number,
+    indexes: number[],
+    messages: OutboundMessage[],
+    results: SendResult[],
+  ): Promise<boolean> {
+    try {
+      await this.producer.sendBatch({
+        acks: -1,
+        timeout: ACK_TIMEOUT_MS,
+        topicMessages: [
+          {
+            topic,
+            messages: indexes.map((i) => {
+              const m = messages[i] as OutboundMessage;
+              return {
+                key: m.key,
+                value: m.value,
+                partition,
+                timestamp: m.timestamp,
+                headers: m.headers,
+              };
+            }),
+          },
+        ],
+      });
+      for (const i of indexes) results[i] = { status: 'acked' };
+      return true;
+    } catch (error) {
+      const refusal = classifyKafkaError(error);
+      if (refusal.retriable) {
+        // The topic may have been deleted, or its partitions moved: look again next time.
+        this.partitions.delete(topic);
+        this.knownTopics.delete(topic);
+      }
+      if (indexes.length > 1 && SPLIT_AND_RETRY.has(refusal.code)) {
+        const half = Math.ceil(indexes.length / 2);
+        return (
+          (await this.sendPartition(topic, partition, indexes.slice(0, half), messages, results)) &&
+          this.sendPartition(topic, partition, indexes.slice(half), messages, results)
+        );
+      }
+      const [first] = indexes;
+      if (first !== undefined) results[first] = { status: 'refused', ...refusal };
+      return false;
+    }
   }
 
   async close(): Promise<void> {
@@ -222,31 +279,6 @@ export class KafkajsSink implements EventSink {
   }
 }
 
-function groupByTopic(messages: OutboundMessage[]): Map<string, OutboundMessage[]> {
-  const byTopic = new Map<string, OutboundMessage[]>();
-  for (const m of messages) {
-    const list = byTopic.get(m.topic);
-    if (list) list.push(m);
-    else byTopic.set(m.topic, [m]);
-  }
-  return byTopic;
-}
-
-/** Consecutive slices of at most `maxBytes` of keys and values (at least one message each). */
-function chunkByBytes(messages: OutboundMessage[], maxBytes: number): OutboundMessage[][] {
-  const chunks: OutboundMessage[][] = [];
-  let current: OutboundMessage[] = [];
-  let bytes = 0;
-  for (const m of messages) {
-    const size = Buffer.byteLength(m.value) + (m.key === null ? 0 : Buffer.byteLength(m.key));
-    if (current.length > 0 && bytes + size > maxBytes) {
-      chunks.push(current);
-      current = [];
-      bytes = 0;
-    }
-    current.push(m);
-    bytes += size;
-  }
-  if (current.length > 0) chunks.push(current);
-  return chunks;
+function refusedResult(error: unknown): SendResult {
+  return { status: 'refused', ...classifyKafkaError(error) };
 }

@@ -1,6 +1,9 @@
 /**
  * Where events go: Kafka, or stdout for DRY_RUN. The relay loop sees only this interface,
  * so another Kafka client can be measured behind it.
+ *
+ * The sink reports per message what happened; the loop decides what that means (delete,
+ * hold the topic back, set the event aside as a dead letter).
  */
 export interface OutboundMessage {
   topic: string;
@@ -18,6 +21,20 @@ export interface TopicProblem {
   reason: string;
 }
 
+/**
+ * What became of one message of a send:
+ * - acked: the broker acknowledged it (acks = all);
+ * - refused: the broker refused it. `retriable` refusals (no leader, not enough replicas,
+ *   a timeout) may pass later; the others never will (too large, invalid record, not
+ *   authorized). `code` is the Kafka error type, `reason` says what to do;
+ * - unsent: not sent, because an earlier message of its partition was refused (so that
+ *   no later event of a key overtakes an earlier one).
+ */
+export type SendResult =
+  | { status: 'acked' }
+  | { status: 'refused'; retriable: boolean; code: string; reason: string }
+  | { status: 'unsent' };
+
 export interface EventSink {
   /**
    * Makes sure the topics exist (creating them when allowed). Returns the topics that
@@ -25,11 +42,23 @@ export interface EventSink {
    */
   prepareTopics(topics: string[]): Promise<TopicProblem[]>;
   /**
-   * Sends the messages in order (per topic) and resolves once the broker acknowledged
-   * them (acks = all), except for the topics it returns: those refused the messages for
-   * good (too large, not authorized, ...), and none of their messages counts as sent.
-   * Rejects on a transient failure; then none of the messages counts as sent.
+   * Sends one produce request's worth of messages, in order per topic and partition, and
+   * resolves with one result per message, in the same order. Each partition stops at its
+   * first refused message: the rest of that partition is unsent, other partitions go on.
+   * Rejects only when nothing could be sent at all (no connection to Kafka); then no
+   * message counts as sent.
    */
-  send(messages: OutboundMessage[]): Promise<TopicProblem[]>;
+  send(messages: OutboundMessage[]): Promise<SendResult[]>;
   close(): Promise<void>;
 }
+
+/** Bytes a message adds to a produce request: key, value, headers, record framing. */
+export function messageBytes(m: OutboundMessage): number {
+  let bytes = RECORD_OVERHEAD_BYTES + Buffer.byteLength(m.value);
+  if (m.key !== null) bytes += Buffer.byteLength(m.key);
+  for (const name in m.headers) bytes += name.length + Buffer.byteLength(m.headers[name] ?? '');
+  return bytes;
+}
+
+/** A record's framing in a record batch (lengths, deltas, attributes), rounded up. */
+const RECORD_OVERHEAD_BYTES = 32;

@@ -81,6 +81,22 @@ export function startListener(databaseUrl: string, onWake: () => void, logger: L
 }
 
 /**
+ * The flag connection's session settings. While the flag is up, every writer pays a
+ * NOTIFY; if the relay's host vanished (power loss, a network split) the server would keep
+ * the session, and so the lock, until its TCP keepalive gives up (two hours by default).
+ * These make the server itself probe the idle connection after 10 s and drop it within
+ * about 25 s of silence (keepalives), or 20 s of unacknowledged data (tcp_user_timeout),
+ * which releases the lock. Any role may set them for its own session.
+ */
+export const IDLE_FLAG_SESSION = {
+  application_name: 'pg2kafka relay idle flag',
+  tcp_keepalives_idle: '10',
+  tcp_keepalives_interval: '5',
+  tcp_keepalives_count: '3',
+  tcp_user_timeout: '20000',
+};
+
+/**
  * The "relay is asleep, wake it" flag: a session advisory lock on a pool of its own with
  * a single connection (so lock and unlock run in the same session). If that connection
  * dies, the lock goes with it and writers simply stop notifying until the next raise.
@@ -97,7 +113,7 @@ export class IdleFlag {
       idle_timeout: 0,
       max_lifetime: 0,
       connect_timeout: 10,
-      connection: { application_name: 'pg2kafka relay idle flag' },
+      connection: IDLE_FLAG_SESSION,
       onnotice: () => undefined,
     });
   }

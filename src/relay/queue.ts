@@ -35,20 +35,24 @@ export class EventQueue {
   /**
    * The next batch of visible events in shipping order (id, part). With a lease, returns
    * nothing unless the lease is still valid. Reading the next batch while the previous
-   * one is sent keeps per-key order: for one key, a visible id means every lower id of
-   * that key was visible before, so it was in the previous (lowest-ids) batch. `afterId` is only for DRY_RUN, which deletes
+   * one is sent keeps per-key order only if the previous one then leaves the queue whole:
+   * for one key, a visible id means every lower id of that key was visible before, so it
+   * was in the previous (lowest-ids) batch. The relay drops the read-ahead batch whenever
+   * part of the previous one stays queued. `afterId` is only for DRY_RUN, which deletes
    * nothing and must not print an event twice.
    */
   async fetch(options: {
     limit: number;
+    /** Most bytes of row images: rows stop being added once reached (the first always is). */
+    maxBytes: number;
     lease: Lease | undefined;
     skipTables: string[];
     /** Changes of the batch still being sent: the next batch is read while it is. */
     excludeIds?: string[];
     afterId?: string;
-  }): Promise<QueuedEvent[]> {
+  }): Promise<{ events: QueuedEvent[]; full: boolean }> {
     const { sql } = this;
-    const { limit, lease, skipTables, excludeIds = [], afterId } = options;
+    const { limit, maxBytes, lease, skipTables, excludeIds = [], afterId } = options;
     // The key's text and an UPDATE's changed columns are the only per-event JSON work
     // left to PostgreSQL; the rest (uuid, message value) is built by eventsOf().
     const changes = await sql<CapturedChange[]>`
@@ -63,10 +67,17 @@ export class EventQueue {
              (extract(epoch from c.created_at) * 1000000)::int8::text as created_at_us,
              (select s.value::uuid::text from pg2kafka.settings s where s.name = 'event_namespace') as namespace
       from (
-        select * from pg2kafka.captured_changes c
-        where c.table_oid <> all(${skipTables}::oid[])
-          and c.id <> all(${excludeIds}::int8[])
-          ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
+        -- The byte budget: a running sum of the row images' sizes in id order, streamed
+        -- under the limit. octet_length reads a TOASTed value's size from its header,
+        -- without decompressing it.
+        select c.*, sum(c.bytes) over (order by c.id rows unbounded preceding) - c.bytes as bytes_before
+        from (
+          select c.*, coalesce(octet_length(c.new_row::text), 0) + coalesce(octet_length(c.old_row::text), 0) as bytes
+          from pg2kafka.captured_changes c
+          where c.table_oid <> all(${skipTables}::oid[])
+            and c.id <> all(${excludeIds}::int8[])
+            ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
+        ) c
         order by c.id
         limit ${limit}
       ) c
@@ -79,9 +90,17 @@ export class EventQueue {
       ) k
       left join pg_catalog.pg_class cl on cl.oid = c.table_oid
       left join pg_catalog.pg_namespace ns on ns.oid = cl.relnamespace
-      ${lease === undefined ? sql`` : sql`where ${leaseHeld(sql, lease)}`}
+      where c.bytes_before < ${maxBytes}
+        ${lease === undefined ? sql`` : sql`and ${leaseHeld(sql, lease)}`}
       order by c.id`;
-    return changes.flatMap((change) => this.events.eventsOf(change));
+    const bytes = changes.reduce(
+      (sum, c) => sum + (c.newRow?.length ?? 0) + (c.oldRow?.length ?? 0),
+      0,
+    );
+    return {
+      events: changes.flatMap((change) => this.events.eventsOf(change)),
+      full: changes.length >= limit || bytes >= maxBytes,
+    };
   }
 
   /** Deletes acked changes; returns how many went. 0 for a non-empty list: the lease is lost. */

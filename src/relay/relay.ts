@@ -8,8 +8,17 @@
  *               -> empty: sleep, doubling from MIN_POLL_MS up to POLL_INTERVAL_MS;
  *                         a wake-up (NOTIFY, or a caller) cuts the sleep short, and a
  *                         wake-up that came while fetching skips the next sleep
- *               -> events: make sure topics exist, send with acks = all, then delete
- *                         exactly the acked ids (lease-fenced), and fetch again at once
+ *               -> events: make sure topics exist, then send in produce requests of at
+ *                         most MAX_REQUEST_BYTES, checking before each that the lease is
+ *                         still trusted; the sink says per message acked, refused
+ *                         (retriable or not) or unsent. Then, per change (batch.ts):
+ *                         all acked -> delete (lease-fenced); refused for good ->
+ *                         dead letter (DEAD_LETTER_POLICY); anything else stays queued,
+ *                         and a retriable refusal holds its topic back (holds.ts) while
+ *                         other topics flow. Fetch again at once.
+ *             A topic whose event was not acked sends nothing more in that batch, and a
+ *             batch that did not leave the queue whole drops the batch read ahead: both
+ *             keep a key's later event from overtaking one that stayed queued.
  *   backoff   any error: one log line, sleep backoffDelay(attempt), back to the loop.
  *             Nothing ends the process but stop(): events stay queued meanwhile.
  *   stopping  stop(): the sleep is cut short, the batch in flight finishes (or is
@@ -23,25 +32,29 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import type { EventSink, OutboundMessage } from '../kafka/sink.ts';
+import type { DeadLetterPolicy } from '../config.ts';
+import { RECORD_REFUSALS } from '../kafka/errors.ts';
+import { messageBytes, type EventSink, type OutboundMessage } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
+import { BatchLedger, splitRequests } from './batch.ts';
+import { DeadLetterStore, ParkedKeys, type DeadLetterEntry } from './dead-letters.ts';
+import { HoldList } from './holds.ts';
+import { DEFAULT_LEASE_TIMING, LeaseKeeper, type LeaseTiming } from './lease.ts';
 import type { IdleFlag } from './listener.ts';
 import type { EventQueue, Lease, QueuedEvent } from './queue.ts';
 import { topicName, topicNameProblem, type TopicNaming } from './topics.ts';
 
-/** Lease duration; a standby takes over this long after an active relay died. */
-export const LEASE_TTL_MS = 10_000;
-/** The heartbeat renews the lease this often. */
-export const LEASE_RENEW_MS = 2_000;
-/** A lease not renewed for TTL minus this margin is treated as lost, before it expires. */
-const LEASE_SAFETY_MS = 2_000;
 const STANDBY_POLL_MS = 1_000;
 /** First wait after an empty poll; doubles up to POLL_INTERVAL_MS. */
 export const MIN_POLL_MS = 5;
 /** Sleeps at least this long raise the idle flag, so that writers notify. */
 const IDLE_FLAG_MIN_WAIT_MS = 40;
-/** A table whose topic cannot be used is retried after this long. */
-const BLOCKED_RETRY_MS = { retriable: 5_000, permanent: 60_000 };
+/**
+ * Most bytes (keys, values, headers, framing) in one produce request: every partition's
+ * record batch stays well under the broker's default max.message.bytes (1 MiB), whatever
+ * BATCH_SIZE; the lease is checked before each request.
+ */
+export const MAX_REQUEST_BYTES = 512 * 1024;
 
 export type RelayEvent =
   | { type: 'leadership'; active: boolean; epoch?: string; reason: string }
@@ -57,14 +70,26 @@ export type RelayEvent =
       fetchMs: number;
     }
   | { type: 'error'; stage: string; error: unknown; attempt: number; retryInMs: number }
-  | { type: 'table-blocked'; table: string; topic: string; reason: string; retryInMs: number }
-  | { type: 'table-unblocked'; table: string }
+  | {
+      type: 'topic-held';
+      topic: string;
+      tables: string[];
+      reason: string;
+      retriable: boolean;
+      retryInMs: number;
+    }
+  | { type: 'topic-released'; topic: string; tables: string[] }
+  | { type: 'dead-letter'; entry: DeadLetterEntry }
   | { type: 'stopped' };
 
 export interface RelayOptions {
   queue: EventQueue;
+  deadLetters: DeadLetterStore;
   sink: EventSink;
   batchSize: number;
+  /** Most bytes of row data per batch (one larger row still ships alone). */
+  batchBytes: number;
+  deadLetterPolicy: DeadLetterPolicy;
   pollIntervalMs: number;
   topicPrefix: string;
   topicNamespace: string | undefined;
@@ -73,11 +98,17 @@ export interface RelayOptions {
   holder?: string;
   /** Lets writers wake this relay while it sleeps (see listener.ts). */
   idleFlag?: IdleFlag;
+  leaseTiming?: LeaseTiming;
+  /** How long a topic with a retriable problem is held back (default: the common backoff). */
+  holdBackoff?: (attempt: number) => number;
+  /** Most bytes per produce request (MAX_REQUEST_BYTES). */
+  maxRequestBytes?: number;
 }
 
-interface BlockedTable {
-  table: string;
-  retryAt: number;
+interface Batch {
+  events: QueuedEvent[];
+  /** The read stopped at BATCH_SIZE or BATCH_BYTES: more is likely waiting. */
+  full: boolean;
 }
 
 export class Relay {
@@ -87,22 +118,29 @@ export class Relay {
   private running: Promise<void> | undefined;
   private wakeRequested = false;
   private cancelSleep: (() => void) | undefined;
-  private lease: Lease | undefined;
-  /** Local clock (performance.now) until which the lease is trusted. */
-  private leaseTrustedUntil = 0;
-  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly leases: LeaseKeeper;
   private naming: TopicNaming | undefined;
-  private readonly blocked = new Map<string, BlockedTable>();
+  private readonly holds: HoldList;
+  private readonly parked = new ParkedKeys();
   private dryRunAfterId: string | undefined;
   /**
    * The next batch, read while the current one is sent (only after a full batch, when
-   * more is likely waiting). Dropped on any error or change of lease: after a failed
-   * send it would skip the unsent batch.
+   * more is likely waiting). Valid only if the current batch leaves the queue whole
+   * (deleted or dead-lettered): dropped otherwise, on any error, and on a change of lease.
    */
-  private prefetched: { lease: Lease | undefined; batch: Promise<QueuedEvent[]> } | undefined;
+  private prefetched: { lease: Lease | undefined; batch: Promise<Batch> } | undefined;
 
   constructor(private readonly options: RelayOptions) {
     this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+    this.holds = new HoldList(options.holdBackoff);
+    this.leases = new LeaseKeeper(
+      options.queue,
+      this.holder,
+      options.leaseTiming ?? DEFAULT_LEASE_TIMING,
+      (lease, reason) => {
+        this.lostLease(lease, reason);
+      },
+    );
   }
 
   on(listener: (event: RelayEvent) => void): void {
@@ -152,11 +190,7 @@ export class Relay {
           this.wakeRequested = false;
           let shipped = await this.shipBatch();
           errorAttempt = 0;
-          if (shipped === 'full') {
-            idleWait = MIN_POLL_MS;
-            continue;
-          }
-          if (shipped === 'partial') {
+          if (shipped !== 'empty') {
             // Events are flowing: fetch again at once; the next empty poll starts the backoff.
             idleWait = MIN_POLL_MS;
             continue;
@@ -165,7 +199,7 @@ export class Relay {
           const { idleFlag } = this.options;
           if (
             idleFlag &&
-            this.lease &&
+            this.leases.current &&
             idleWait >= IDLE_FLAG_MIN_WAIT_MS &&
             (await idleFlag.raise())
           ) {
@@ -199,48 +233,34 @@ export class Relay {
   /** True when this relay may ship: it holds a lease it trusts (or runs dry). */
   private async ensureLeadership(): Promise<boolean> {
     if (this.options.dryRun) return true;
-    if (this.lease && performance.now() > this.leaseTrustedUntil) {
+    const current = this.leases.current;
+    if (current && !this.leases.trusted(current)) {
       await this.resign('lease not renewed in time (database unreachable?)', false);
     }
-    if (this.lease) return true;
-    const lease = await this.options.queue.acquireLease(this.holder, LEASE_TTL_MS);
+    if (this.leases.current) return true;
+    const lease = await this.leases.acquire();
     if (!lease) return false;
-    this.lease = lease;
-    this.leaseTrustedUntil = performance.now() + LEASE_TTL_MS - LEASE_SAFETY_MS;
-    this.heartbeat = setInterval(() => void this.renew(), LEASE_RENEW_MS);
-    this.heartbeat.unref();
+    try {
+      // Keys parked by an earlier leader: their later changes follow them.
+      this.parked.replace(await this.options.deadLetters.parkedKeys());
+    } catch (error) {
+      await this.resign('could not read the parked keys', true);
+      throw error;
+    }
     this.emit({ type: 'leadership', active: true, epoch: lease.epoch, reason: 'lease acquired' });
     return true;
   }
 
-  private async renew(): Promise<void> {
-    const lease = this.lease;
-    if (!lease) return;
-    try {
-      const renewedAt = performance.now();
-      if (await this.options.queue.renewLease(lease, LEASE_TTL_MS)) {
-        if (this.lease === lease)
-          this.leaseTrustedUntil = renewedAt + LEASE_TTL_MS - LEASE_SAFETY_MS;
-      } else if (this.lease === lease) {
-        await this.resign('lease lost to another relay', false);
-      }
-    } catch {
-      // The database is unreachable: the lease is trusted until leaseTrustedUntil, then dropped.
-    }
+  private lostLease(lease: Lease, reason: string): void {
+    this.prefetched = undefined;
+    this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
   }
 
   /** Stops leading; releases the lease in the database unless it is already gone. */
   private async resign(reason: string, release = true): Promise<void> {
-    const lease = this.lease;
     this.prefetched = undefined;
-    if (this.heartbeat) clearInterval(this.heartbeat);
-    this.heartbeat = undefined;
-    if (!lease) return;
-    this.lease = undefined;
-    if (release) {
-      await this.options.queue.releaseLease(lease).catch(() => undefined);
-    }
-    this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
+    const lease = await this.leases.drop(release);
+    if (lease) this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
   }
 
   private async topicNaming(): Promise<TopicNaming> {
@@ -252,132 +272,182 @@ export class Relay {
     return this.naming;
   }
 
-  private unblockDueTables(): void {
-    const now = performance.now();
-    for (const [oid, entry] of this.blocked) {
-      if (entry.retryAt <= now) {
-        this.blocked.delete(oid);
-        this.emit({ type: 'table-unblocked', table: entry.table });
-      }
-    }
+  private hold(ledger: BatchLedger, topic: string, reason: string, retriable: boolean): void {
+    const tables = ledger.events
+      .filter((_, i) => ledger.topics[i] === topic)
+      .map((e) => ({ oid: e.tableOid, name: `${e.schemaName}.${e.tableName}` }));
+    const notice = this.holds.hold(topic, tables, reason, retriable);
+    if (notice) this.emit({ type: 'topic-held', ...notice });
   }
 
-  private block(event: QueuedEvent, topic: string, reason: string, retryInMs: number): void {
-    if (this.blocked.has(event.tableOid)) return;
-    const table = `${event.schemaName}.${event.tableName}`;
-    this.blocked.set(event.tableOid, { table, retryAt: performance.now() + retryInMs });
-    this.emit({ type: 'table-blocked', table, topic, reason, retryInMs });
+  /**
+   * Changes to set aside because a key of theirs is parked, in id order: a follower that
+   * changes its key parks the new key too, for the changes after it.
+   */
+  private followers(events: QueuedEvent[]): Set<string> {
+    const ids = new Set<string>();
+    if (this.parked.size === 0) return ids;
+    for (const [i, e] of events.entries()) {
+      if (!ids.has(e.id) && this.parked.has(e)) {
+        ids.add(e.id);
+        for (const other of events.slice(Math.max(0, i - 1), i + 2)) {
+          if (other.id === e.id) this.parked.add(other.tableOid, other.externalId);
+        }
+      }
+    }
+    return ids;
+  }
+
+  private read(lease: Lease | undefined, excludeIds: string[] = []): Promise<Batch> {
+    const { queue, batchSize, batchBytes, dryRun } = this.options;
+    return queue
+      .fetch({
+        limit: batchSize,
+        maxBytes: batchBytes,
+        lease,
+        skipTables: this.holds.tableOids(),
+        excludeIds,
+        ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
+      })
+      .then(({ events, full }) => ({ events, full }));
   }
 
   /** Ships one batch; says whether it was empty, partial or full. */
   private async shipBatch(onRows?: () => Promise<void>): Promise<'empty' | 'partial' | 'full'> {
-    const { queue, sink, batchSize, dryRun } = this.options;
-    this.unblockDueTables();
-    const lease = this.lease;
+    const { sink, dryRun } = this.options;
+    for (const released of this.holds.releaseDue()) {
+      this.emit({ type: 'topic-released', ...released });
+    }
+    const lease = this.leases.current;
     const prefetched = this.prefetched;
     this.prefetched = undefined;
     const fetchStarted = performance.now();
     const batch =
-      prefetched && prefetched.lease === lease
-        ? await prefetched.batch
-        : await queue.fetch({
-            limit: batchSize,
-            lease,
-            skipTables: [...this.blocked.keys()],
-            ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
-          });
-    if (batch.length === 0) return 'empty';
+      prefetched && prefetched.lease === lease ? await prefetched.batch : await this.read(lease);
+    const { events } = batch;
+    if (events.length === 0) return 'empty';
     const fetchMs = Math.round(performance.now() - fetchStarted);
-    const batchIds = [...new Set(batch.map((e) => e.id))];
-    if (!dryRun && batchIds.length >= batchSize) {
-      const next = queue.fetch({
-        limit: batchSize,
-        lease,
-        skipTables: [...this.blocked.keys()],
-        excludeIds: batchIds,
-      });
+    if (!dryRun && batch.full) {
+      const next = this.read(lease, [...new Set(events.map((e) => e.id))]);
       next.catch(() => undefined); // a failure surfaces when the next batch awaits it
       this.prefetched = { lease, batch: next };
     }
     await onRows?.();
     const started = performance.now();
     const naming = await this.topicNaming();
+    const topics = events.map((e) => topicName(naming, e.schemaName, e.tableName));
+    const ledger = new BatchLedger(events, topics);
 
-    const topicOf = new Map<string, string>();
-    for (const event of batch) {
-      if (topicOf.has(event.tableOid)) continue;
-      const topic = topicName(naming, event.schemaName, event.tableName);
-      topicOf.set(event.tableOid, topic);
+    const distinctTopics = [...new Set(topics)];
+    for (const topic of distinctTopics) {
       const problem = topicNameProblem(topic);
-      if (problem !== undefined) this.block(event, topic, problem, BLOCKED_RETRY_MS.permanent);
+      if (problem !== undefined) this.hold(ledger, topic, problem, false);
     }
-    const usableTopics = [
-      ...new Set([...topicOf].filter(([oid]) => !this.blocked.has(oid)).map(([, t]) => t)),
-    ];
-    const problems = await sink.prepareTopics(usableTopics);
-    for (const problem of problems) {
-      for (const event of batch) {
-        if (topicOf.get(event.tableOid) === problem.topic) {
-          this.block(
-            event,
-            problem.topic,
-            problem.reason,
-            problem.retriable ? BLOCKED_RETRY_MS.retriable : BLOCKED_RETRY_MS.permanent,
+    const usable = distinctTopics.filter((t) => topicNameProblem(t) === undefined);
+    for (const problem of await sink.prepareTopics(usable)) {
+      this.hold(ledger, problem.topic, problem.reason, problem.retriable);
+    }
+
+    const messages = events.map((e, i) => toMessage(e, topics[i] as string, naming.database));
+    const sendable: number[] = [];
+    const parkedChanges = this.followers(events);
+    for (const [i, e] of events.entries()) {
+      if (this.holds.isHeld(topics[i] as string, e.tableOid)) continue;
+      if (parkedChanges.has(e.id)) {
+        ledger.record(i, { status: 'follower' });
+        continue;
+      }
+      sendable.push(i);
+    }
+    const parkKeys = this.options.deadLetterPolicy === 'park-key';
+    // After an event of a topic is not acknowledged, no later event of that topic is
+    // sent in this batch: a key's later event must not overtake one that stays queued.
+    const stopped = new Set<string>();
+    const requests = splitRequests(
+      sendable,
+      messages,
+      messageBytes,
+      this.options.maxRequestBytes ?? MAX_REQUEST_BYTES,
+    );
+    for (const request of requests) {
+      const pending = request.filter((i) => !stopped.has(topics[i] as string));
+      if (pending.length === 0) continue;
+      // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease:
+      // then a standby may be shipping these very events, so send nothing more.
+      if (!dryRun && !this.leases.trusted(lease)) {
+        await this.resign(
+          'lease not trusted any more before sending; the rest stays queued',
+          false,
+        );
+        break;
+      }
+      const results = await sink.send(pending.map((i) => messages[i] as OutboundMessage));
+      for (const [n, result] of results.entries()) {
+        const i = pending[n] as number;
+        const topic = topics[i] as string;
+        if (result.status === 'acked') {
+          ledger.record(i, result);
+          continue;
+        }
+        stopped.add(topic);
+        if (result.status === 'unsent') continue;
+        const recordLevel = !result.retriable && RECORD_REFUSALS.has(result.code);
+        if (recordLevel && this.options.deadLetterPolicy !== 'hold-table') {
+          ledger.record(i, result);
+          const event = events[i] as QueuedEvent;
+          if (parkKeys) for (const key of ledger.keysOf(i)) this.parked.add(event.tableOid, key);
+        } else {
+          this.hold(
+            ledger,
+            topic,
+            `topic "${topic}" refused events: ${result.reason} (${result.code})`,
+            result.retriable,
           );
-          break;
         }
       }
     }
 
-    const shippable = batch.filter((e) => !this.blocked.has(e.tableOid));
-    const messages: OutboundMessage[] = shippable.map((e) => ({
-      topic: topicOf.get(e.tableOid) ?? '',
-      key: e.externalId,
-      value: e.value,
-      timestamp: e.timestampMs,
-      headers: {
-        uuid: e.uuid,
-        statement: e.statement,
-        table: `${e.schemaName}.${e.tableName}`,
-        database: naming.database,
-      },
-    }));
-    // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease:
-    // then a standby may be shipping this very batch, so do not send it as well.
-    if (!dryRun && (this.lease !== lease || performance.now() > this.leaseTrustedUntil)) {
-      await this.resign('lease not trusted any more before sending; the batch stays queued', false);
-      return 'empty';
-    }
-    const refused = await sink.send(messages);
-    for (const problem of refused) {
-      const event = shippable.find((e) => topicOf.get(e.tableOid) === problem.topic);
-      if (event) this.block(event, problem.topic, problem.reason, BLOCKED_RETRY_MS.permanent);
-    }
-
-    const ids = [
-      ...new Set(shippable.filter((e) => !this.blocked.has(e.tableOid)).map((e) => e.id)),
-    ];
+    const outcome = ledger.outcome(messages, parkKeys, new Date().toISOString());
+    for (const topic of outcome.ackedTopics) this.holds.succeeded(topic);
+    let complete =
+      outcome.deleteIds.length + outcome.deadLetters.length ===
+      new Set(events.map((e) => e.id)).size;
     if (dryRun) {
-      this.dryRunAfterId = batch.at(-1)?.id;
-    } else if (ids.length > 0 && lease) {
-      const deleted = await queue.delete(ids, lease);
-      if (deleted === 0) {
-        await this.resign(
-          'lease lost: the shipped batch was not deleted and will be sent again',
-          false,
-        );
+      this.dryRunAfterId = events.at(-1)?.id;
+    } else if (lease) {
+      if (outcome.deleteIds.length > 0) {
+        const deleted = await this.options.queue.delete(outcome.deleteIds, lease);
+        if (deleted === 0) {
+          await this.resign(
+            'lease lost: the shipped events were not deleted and will be sent again',
+            false,
+          );
+          return 'empty';
+        }
+      }
+      if (outcome.deadLetters.length > 0) {
+        const moved = await this.options.deadLetters.move(outcome.deadLetters, lease);
+        for (const entry of outcome.deadLetters) {
+          if (moved.has(entry.id)) this.emit({ type: 'dead-letter', entry });
+        }
+        if (moved.size < outcome.deadLetters.length) {
+          // A key was unparked meanwhile (retry or discard): its change stays queued.
+          complete = false;
+          this.parked.replace(await this.options.deadLetters.parkedKeys());
+        }
       }
     }
+    if (!complete) this.prefetched = undefined;
     this.emit({
       type: 'batch',
-      events: messages.length,
-      changes: ids.length,
-      topics: new Set(messages.map((m) => m.topic)).size,
+      events: outcome.acked,
+      changes: outcome.deleteIds.length,
+      topics: outcome.ackedTopics.size,
       ms: Math.round(performance.now() - started),
-      oldestAgeMs: Date.now() - Number(batch[0]?.timestampMs ?? Date.now()),
+      oldestAgeMs: Date.now() - Number(events[0]?.timestampMs ?? Date.now()),
       fetchMs,
     });
-    return batchIds.length >= batchSize ? 'full' : 'partial';
+    return batch.full ? 'full' : 'partial';
   }
 
   /** Waits `ms`, or less if stop() (or, when wakeable, wake()) comes first. */
@@ -396,4 +466,19 @@ export class Relay {
       this.cancelSleep = undefined;
     });
   }
+}
+
+function toMessage(e: QueuedEvent, topic: string, database: string): OutboundMessage {
+  return {
+    topic,
+    key: e.externalId,
+    value: e.value,
+    timestamp: e.timestampMs,
+    headers: {
+      uuid: e.uuid,
+      statement: e.statement,
+      table: `${e.schemaName}.${e.tableName}`,
+      database,
+    },
+  };
 }

@@ -228,52 +228,6 @@ test('a table whose name Kafka rejects is held back with a clear error; others f
   await r2.stop();
 });
 
-test('an event larger than its topic accepts holds back only its table', async () => {
-  await db.sql`create table big (id int primary key, blob text)`;
-  await db.sql`create table small (id int primary key)`;
-  await db.sql`select pg2kafka.setup('big', 'id')`;
-  await db.sql`select pg2kafka.setup('small', 'id')`;
-  const admin = await kafka.admin();
-  try {
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        {
-          topic: `pg2kafka.${db.name}.big`,
-          configEntries: [{ name: 'max.message.bytes', value: '2000' }],
-        },
-      ],
-    });
-  } finally {
-    await admin.disconnect();
-  }
-  await db.sql`insert into big values (1, repeat('x', 5000))`;
-  await db.sql`insert into small values (1), (2)`;
-
-  const r = relay();
-  const messages = await kafka.consume(`pg2kafka.${db.name}.small`, 2);
-  assert.deepEqual(
-    messages.map((m) => m.key),
-    ['1', '2'],
-  );
-  const blocked = await r.waitForLog('events of public.big stay queued');
-  assert.match(blocked.msg, /max\.message\.bytes/);
-  await waitFor('only the oversized event left', async () => (await queueDepth()) === 1);
-  assert.equal(
-    await Promise.race([
-      r.exited.then(() => 'exited'),
-      new Promise((res) =>
-        setTimeout(() => {
-          res('running');
-        }, 10),
-      ),
-    ]),
-    'running',
-  );
-  await r.stop();
-  await db.sql`delete from pg2kafka.captured_changes`;
-});
-
 test('the startup log shows the effective configuration without secrets', async () => {
   const url = new URL(db.url);
   url.password = 'S3cr3t-pw';

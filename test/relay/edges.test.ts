@@ -1,0 +1,618 @@
+/**
+ * Delivery edges on a real broker: events Kafka refuses for good (too large for the topic,
+ * a null key on a compacted topic), a topic that fails retriably (deleted under the
+ * running relay), and two tables sharing one topic. Each test reads back what arrived on
+ * Kafka (keys, statements, copies) and what is left in pg2kafka.captured_changes and
+ * pg2kafka.dead_letters, and compares the whole picture at once, so that a failure shows
+ * every figure.
+ */
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import type { Consumer } from 'kafkajs';
+import { sleep, uniqueName, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
+import { useRelays, type RelayProcess } from './support.ts';
+
+const db = useTestDatabase();
+const kafka = useKafka();
+const { relay } = useRelays(db, kafka);
+
+const topicOf = (table: string): string => `pg2kafka.${db.name}.${table}`;
+
+/** Creates a topic with the given topic configuration and waits for its leader. */
+async function createTopic(topic: string, config: Record<string, string>): Promise<void> {
+  const admin = await kafka.admin();
+  try {
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        {
+          topic,
+          configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
+        },
+      ],
+    });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+interface Arrived {
+  key: string | null;
+  statement: string;
+  data: unknown;
+  uuid: string;
+}
+
+interface Collector {
+  readonly topic: string;
+  readonly received: Arrived[];
+  stop(): Promise<void>;
+}
+
+const collectors: Collector[] = [];
+after(async () => {
+  await Promise.all(collectors.map((c) => c.stop()));
+});
+
+/** A consumer (own group, from the beginning) that keeps collecting a topic until stopped. */
+async function collect(topic: string): Promise<Collector> {
+  const consumer: Consumer = kafka.kafka.consumer({
+    groupId: uniqueName('pg2kafka-edges'),
+    allowAutoTopicCreation: false,
+  });
+  const received: Arrived[] = [];
+  let stopped: Promise<void> | undefined;
+  const collector: Collector = {
+    topic,
+    received,
+    stop: () => (stopped ??= consumer.disconnect()),
+  };
+  collectors.push(collector);
+  await consumer.connect();
+  await consumer.subscribe({ topics: [topic], fromBeginning: true });
+  await consumer.run({
+    eachMessage: ({ message }) => {
+      const value = JSON.parse(message.value?.toString() ?? '{}') as {
+        uuid: string;
+        statement: string;
+        data: unknown;
+      };
+      received.push({
+        key: message.key?.toString() ?? null,
+        statement: value.statement,
+        data: value.data,
+        uuid: value.uuid,
+      });
+      return Promise.resolve();
+    },
+  });
+  return collector;
+}
+
+/**
+ * Each message as "key STATEMENT" (with `withData`, its data as JSON after it), in arrival
+ * order sorted by key: per-key order is kept, and there is no order across keys.
+ */
+function byKey(received: Arrived[], withData = false): string[] {
+  return [...received]
+    .sort((a, b) => String(a.key).localeCompare(String(b.key)))
+    .map((m) => `${String(m.key)} ${m.statement}${withData ? ` ${JSON.stringify(m.data)}` : ''}`);
+}
+
+interface QueuedChange {
+  id: string;
+  statement: string;
+  key: string | null;
+}
+
+async function queuedChanges(table: string): Promise<QueuedChange[]> {
+  return db.sql<QueuedChange[]>`
+    select c.id::text as id, c.statement,
+           coalesce(c.new_row ->> 'id', c.old_row ->> 'id') as key
+    from pg2kafka.captured_changes c
+    join pg2kafka.tracked_tables t on t.table_oid = c.table_oid
+    where t.table_name = ${table}
+    order by c.id`;
+}
+
+/** The table's changes still queued, as "#change-id STATEMENT key". */
+async function queued(table: string): Promise<string[]> {
+  return (await queuedChanges(table)).map(change);
+}
+
+function change(c: QueuedChange): string {
+  return `#${c.id} ${c.statement} ${String(c.key)}`;
+}
+
+async function changeIds(table: string): Promise<string[]> {
+  return (await queuedChanges(table)).map((c) => c.id);
+}
+
+interface DeadLetter {
+  id: string;
+  statement: string;
+  topic: string;
+  external_id: string | null;
+  payload: string | null;
+  error_code: string;
+  reason: string;
+  attempts: number;
+  parked: boolean;
+  keys: (string | null)[];
+}
+
+/**
+ * The table's dead letters in id order, or a sentence when pg2kafka.dead_letters does not
+ * exist (so that the comparison fails and says so, rather than the query throwing).
+ */
+async function deadLetters(table: string): Promise<DeadLetter[] | string> {
+  const [exists] = await db.sql<{ ok: boolean }[]>`
+    select to_regclass('pg2kafka.dead_letters') is not null as ok`;
+  if (!exists?.ok) return 'there is no table pg2kafka.dead_letters';
+  const rows = await db.sql<DeadLetter[]>`
+    select d.id::text as id, d.statement, d.topic, d.external_id, d.payload, d.error_code,
+           d.reason, d.attempts, d.parked, d.keys
+    from pg2kafka.dead_letters d
+    where d.table_name = ${table}
+    order by d.id`;
+  return [...rows];
+}
+
+async function deadLetterCount(table: string): Promise<number> {
+  const letters = await deadLetters(table);
+  return typeof letters === 'string' ? -1 : letters.length;
+}
+
+function relayState(r: RelayProcess): Promise<string> {
+  return Promise.race([
+    r.exited.then(({ code, signal }) => `exited (code ${String(code)}, signal ${String(signal)})`),
+    sleep(20).then(() => 'running'),
+  ]);
+}
+
+/** Waits until `check` holds or `timeoutMs` passed; the caller then compares what is there. */
+async function settle(check: () => Promise<boolean> | boolean, timeoutMs: number): Promise<void> {
+  await waitFor('the expected state', check, timeoutMs, 100).catch(() => undefined);
+}
+
+function logged(r: RelayProcess, pattern: RegExp, mentioning?: string): boolean {
+  return r.logs.some(
+    (l) =>
+      pattern.test(l.msg) && (mentioning === undefined || JSON.stringify(l).includes(mentioning)),
+  );
+}
+
+/** Ends a test: stops the relay, clears the tables' queue rows, returns the exit code. */
+async function finish(r: RelayProcess, tables: string[]): Promise<number | null> {
+  const { code } = await r.stop();
+  for (const table of tables) {
+    await db.sql`
+      delete from pg2kafka.captured_changes c using pg2kafka.tracked_tables t
+      where t.table_oid = c.table_oid and t.table_name = ${table}`;
+  }
+  return code;
+}
+
+test("a refused topic shared by two tables does not delete the other table's events", async () => {
+  const t = uniqueName('shared');
+  const topic = topicOf(t);
+  await db.sql`create table ${db.sql(t)} (id int primary key, blob text)`;
+  await db.sql`select pg2kafka.setup(${t}::regclass, 'id')`;
+  await db.sql`insert into ${db.sql(t)} values (1, repeat('x', 5000))`;
+  const [bigId] = await changeIds(t);
+  // The queued event outlives its table and keeps its name (tracked_tables keeps it): the
+  // new table of the same name shares its topic.
+  await db.sql`drop table ${db.sql(t)}`;
+  await db.sql`create table ${db.sql(t)} (id int primary key, blob text)`;
+  await db.sql`select pg2kafka.setup(${t}::regclass, 'id')`;
+  await db.sql`insert into ${db.sql(t)} values (2, 'small')`;
+  assert.equal((await queued(t)).length, 2);
+  await createTopic(topic, { 'max.message.bytes': '2000' });
+  const c = await collect(topic);
+
+  const r = relay();
+  try {
+    await settle(
+      async () => c.received.some((m) => m.key === '2') && (await queued(t)).length === 0,
+      25_000,
+    );
+    await sleep(1000);
+    const letters = await deadLetters(t);
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received),
+        queued: await queued(t),
+        deadLetters:
+          typeof letters === 'string'
+            ? letters
+            : letters.map((d) => ({
+                id: d.id,
+                statement: d.statement,
+                topic: d.topic,
+                external_id: d.external_id,
+                error_code: d.error_code,
+                parked: d.parked,
+                payloadHasTheRow: d.payload?.includes('x'.repeat(5000)) ?? false,
+              })),
+        relay: await relayState(r),
+      },
+      {
+        arrived: ['2 INSERT'],
+        queued: [],
+        deadLetters: [
+          {
+            id: bigId,
+            statement: 'INSERT',
+            topic,
+            external_id: '1',
+            error_code: 'MESSAGE_TOO_LARGE',
+            parked: true,
+            payloadHasTheRow: true,
+          },
+        ],
+        relay: 'running',
+      },
+    );
+    assert.ok(logged(r, /dead letter/i), 'the relay logs that it set the event aside');
+    assert.equal(await finish(r, [t]), 0);
+  } finally {
+    await c.stop();
+    await finish(r, [t]);
+  }
+});
+
+test("one topic's retriable error does not stop or duplicate other tables", async () => {
+  const stuck = uniqueName('stuck');
+  const healthy = uniqueName('healthy');
+  for (const table of [stuck, healthy]) {
+    await db.sql`create table ${db.sql(table)} (id int primary key, note text)`;
+    await db.sql`select pg2kafka.setup(${table}::regclass, 'id')`;
+    await createTopic(topicOf(table), {});
+  }
+  await db.sql`insert into ${db.sql(stuck)} values (0, 'before')`;
+  await db.sql`insert into ${db.sql(healthy)} values (0, 'before')`;
+  const before = await collect(topicOf(stuck));
+  const h = await collect(topicOf(healthy));
+
+  // AUTO_CREATE_TOPICS=false, so that the relay does not create the topic again itself.
+  const r = relay({ AUTO_CREATE_TOPICS: 'false' });
+  try {
+    // Both topics are in use: the relay and its producer know them.
+    await waitFor(
+      'the first event of each table',
+      () => before.received.length >= 1 && h.received.length >= 1,
+      20_000,
+    );
+    await before.stop();
+    // A topic deleted under the running relay: its partition answers
+    // UNKNOWN_TOPIC_OR_PARTITION, a retriable error, until the topic exists again.
+    // (min.insync.replicas=2 cannot stand in: Kafka caps it at the replication factor.)
+    const admin = await kafka.admin();
+    try {
+      await admin.deleteTopics({ topics: [topicOf(stuck)], timeout: 10_000 });
+      await waitFor(
+        'the topic to be gone',
+        async () => !(await admin.listTopics()).includes(topicOf(stuck)),
+        10_000,
+        200,
+      );
+    } finally {
+      await admin.disconnect();
+    }
+    await sleep(1000);
+    // One transaction: both changes come in the same batch.
+    await db.sql.begin(async (sql) => {
+      await sql`insert into ${sql(stuck)} values (1, 'stuck')`;
+      await sql`insert into ${sql(healthy)} values (1, 'healthy')`;
+    });
+    const [stuckId] = await changeIds(stuck);
+    await settle(
+      async () =>
+        h.received.length >= 2 &&
+        (await queued(healthy)).length === 0 &&
+        logged(r, /stay queued/, stuck),
+      20_000,
+    );
+    // Long enough for resends of the healthy table's message to show up as copies.
+    await sleep(8000);
+    assert.deepEqual(
+      {
+        healthyArrived: byKey(h.received),
+        healthyQueued: await queued(healthy),
+        stuckQueued: await queued(stuck),
+        stuckDeadLetters: await deadLetters(stuck),
+        loggedStayQueued: logged(r, /stay queued/, stuck),
+        relay: await relayState(r),
+      },
+      {
+        healthyArrived: ['0 INSERT', '1 INSERT'],
+        healthyQueued: [],
+        stuckQueued: [`#${String(stuckId)} INSERT 1`],
+        stuckDeadLetters: [],
+        loggedStayQueued: true,
+        relay: 'running',
+      },
+    );
+
+    // Once the topic exists again, the held event follows (the hold is retried), once.
+    await createTopic(topicOf(stuck), {});
+    const s = await collect(topicOf(stuck));
+    await settle(async () => s.received.length >= 1 && (await queued(stuck)).length === 0, 25_000);
+    await sleep(2000);
+    assert.deepEqual(
+      {
+        healthyArrived: byKey(h.received),
+        stuckArrived: byKey(s.received),
+        stuckQueued: await queued(stuck),
+        stuckDeadLetters: await deadLetters(stuck),
+        relay: await relayState(r),
+      },
+      {
+        healthyArrived: ['0 INSERT', '1 INSERT'],
+        stuckArrived: ['1 INSERT'],
+        stuckQueued: [],
+        stuckDeadLetters: [],
+        relay: 'running',
+      },
+    );
+    assert.equal(await finish(r, [stuck, healthy]), 0);
+  } finally {
+    await Promise.all(collectors.map((c) => c.stop()));
+    await finish(r, [stuck, healthy]);
+  }
+});
+
+/**
+ * The table of tests 3, 5 and 6: key 1 inserted small, updated to 5 kB (over the topic's
+ * max.message.bytes), key 2 inserted, key 1 updated small again. Returns the change ids.
+ */
+async function oversizedUpdate(table: string): Promise<string[]> {
+  await db.sql`create table ${db.sql(table)} (id int primary key, blob text)`;
+  await db.sql`select pg2kafka.setup(${table}::regclass, 'id')`;
+  await createTopic(topicOf(table), { 'max.message.bytes': '2000' });
+  await db.sql`insert into ${db.sql(table)} values (1, 'small-1')`;
+  await db.sql`update ${db.sql(table)} set blob = repeat('y', 5000) where id = 1`;
+  await db.sql`insert into ${db.sql(table)} values (2, 'small-2')`;
+  await db.sql`update ${db.sql(table)} set blob = 'small-again' where id = 1`;
+  const ids = await changeIds(table);
+  assert.equal(ids.length, 4);
+  return ids;
+}
+
+test('an event over max.message.bytes becomes a dead letter, its key is parked, other keys flow', async () => {
+  const big = uniqueName('big');
+  const ids = await oversizedUpdate(big);
+  const c = await collect(topicOf(big));
+
+  const r = relay();
+  try {
+    await settle(
+      async () =>
+        c.received.length >= 2 &&
+        (await queued(big)).length === 0 &&
+        (await deadLetterCount(big)) === 2,
+      25_000,
+    );
+    await sleep(1500);
+    const letters = await deadLetters(big);
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received, true),
+        queued: await queued(big),
+        deadLetters:
+          typeof letters === 'string'
+            ? letters
+            : letters.map((d) => ({
+                id: d.id,
+                statement: d.statement,
+                topic: d.topic,
+                external_id: d.external_id,
+                error_code: d.error_code,
+                parked: d.parked,
+                keys: d.keys,
+              })),
+        relay: await relayState(r),
+      },
+      {
+        arrived: ['1 INSERT {"id":1,"blob":"small-1"}', '2 INSERT {"id":2,"blob":"small-2"}'],
+        queued: [],
+        deadLetters: [
+          {
+            id: ids[1],
+            statement: 'UPDATE',
+            topic: topicOf(big),
+            external_id: '1',
+            error_code: 'MESSAGE_TOO_LARGE',
+            parked: true,
+            keys: ['1'],
+          },
+          {
+            id: ids[3],
+            statement: 'UPDATE',
+            topic: topicOf(big),
+            external_id: '1',
+            error_code: 'KEY_PARKED',
+            parked: true,
+            keys: ['1'],
+          },
+        ],
+        relay: 'running',
+      },
+    );
+    assert.ok(typeof letters !== 'string');
+    const [refused] = letters;
+    assert.ok(refused && refused.attempts >= 1, `attempts: ${String(refused?.attempts)}`);
+    assert.ok(
+      refused.payload?.includes('y'.repeat(5000)),
+      'the payload is the refused message value',
+    );
+    const payload = JSON.parse(refused.payload ?? '') as { external_id: string; statement: string };
+    assert.deepEqual([payload.external_id, payload.statement], ['1', 'UPDATE']);
+    assert.ok(refused.reason.length > 0, 'a reason is recorded');
+    assert.ok(logged(r, /dead letter/i), 'the relay logs that it set the event aside');
+    assert.equal(await finish(r, [big]), 0);
+  } finally {
+    await c.stop();
+    await finish(r, [big]);
+  }
+});
+
+test('a null-key event on a compacted topic becomes a dead letter', async () => {
+  const comp = uniqueName('compacted');
+  await db.sql`create table ${db.sql(comp)} (id int primary key, note text)`;
+  await db.sql`select pg2kafka.setup(${comp}::regclass, 'id', true)`;
+  await createTopic(topicOf(comp), { 'cleanup.policy': 'compact' });
+  await db.sql`insert into ${db.sql(comp)} values (1, 'one'), (2, 'two')`;
+  await db.sql`truncate ${db.sql(comp)}`;
+  await db.sql`insert into ${db.sql(comp)} values (3, 'three')`;
+  const ids = await changeIds(comp);
+  assert.equal(ids.length, 4);
+  const c = await collect(topicOf(comp));
+
+  const r = relay();
+  try {
+    await settle(
+      async () =>
+        c.received.length >= 3 &&
+        (await queued(comp)).length === 0 &&
+        (await deadLetterCount(comp)) === 1,
+      25_000,
+    );
+    await sleep(1000);
+    const letters = await deadLetters(comp);
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received),
+        queued: await queued(comp),
+        deadLetters:
+          typeof letters === 'string'
+            ? letters
+            : letters.map((d) => ({
+                id: d.id,
+                statement: d.statement,
+                topic: d.topic,
+                external_id: d.external_id,
+                error_code: d.error_code,
+              })),
+        relay: await relayState(r),
+      },
+      {
+        arrived: ['1 INSERT', '2 INSERT', '3 INSERT'],
+        queued: [],
+        deadLetters: [
+          {
+            id: ids[2],
+            statement: 'TRUNCATE',
+            topic: topicOf(comp),
+            external_id: null,
+            error_code: 'INVALID_RECORD',
+          },
+        ],
+        relay: 'running',
+      },
+    );
+    assert.ok(logged(r, /dead letter/i), 'the relay logs that it set the event aside');
+    assert.equal(await finish(r, [comp]), 0);
+  } finally {
+    await c.stop();
+    await finish(r, [comp]);
+  }
+});
+
+test('DEAD_LETTER_POLICY=hold-table keeps the table waiting instead', async () => {
+  const held = uniqueName('held');
+  const ids = await oversizedUpdate(held);
+  const c = await collect(topicOf(held));
+
+  const r = relay({ DEAD_LETTER_POLICY: 'hold-table' });
+  try {
+    await settle(() => c.received.length >= 1 && logged(r, /stay queued/, held), 20_000);
+    // Key 2 comes after the refused event in the same table: it must not follow.
+    await sleep(3000);
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received),
+        queued: await queued(held),
+        deadLetters: await deadLetters(held),
+        loggedStayQueued: logged(r, /stay queued/, held),
+        relay: await relayState(r),
+      },
+      {
+        arrived: ['1 INSERT'],
+        queued: [
+          `#${String(ids[1])} UPDATE 1`,
+          `#${String(ids[2])} INSERT 2`,
+          `#${String(ids[3])} UPDATE 1`,
+        ],
+        deadLetters: [],
+        loggedStayQueued: true,
+        relay: 'running',
+      },
+    );
+    assert.equal(await finish(r, [held]), 0);
+  } finally {
+    await c.stop();
+    await finish(r, [held]);
+  }
+});
+
+test('DEAD_LETTER_POLICY=skip sets the event aside and keeps shipping its key', async () => {
+  const skipped = uniqueName('skipped');
+  const ids = await oversizedUpdate(skipped);
+  const c = await collect(topicOf(skipped));
+
+  const r = relay({ DEAD_LETTER_POLICY: 'skip' });
+  try {
+    await settle(
+      async () =>
+        c.received.length >= 3 &&
+        (await queued(skipped)).length === 0 &&
+        (await deadLetterCount(skipped)) === 1,
+      25_000,
+    );
+    await sleep(1500);
+    const letters = await deadLetters(skipped);
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received, true),
+        queued: await queued(skipped),
+        deadLetters:
+          typeof letters === 'string'
+            ? letters
+            : letters.map((d) => ({
+                id: d.id,
+                statement: d.statement,
+                external_id: d.external_id,
+                error_code: d.error_code,
+                parked: d.parked,
+                payloadHasTheBlob: d.payload?.includes('y'.repeat(5000)) ?? false,
+              })),
+        relay: await relayState(r),
+      },
+      {
+        arrived: [
+          '1 INSERT {"id":1,"blob":"small-1"}',
+          '1 UPDATE {"blob":"small-again"}',
+          '2 INSERT {"id":2,"blob":"small-2"}',
+        ],
+        queued: [],
+        deadLetters: [
+          {
+            id: ids[1],
+            statement: 'UPDATE',
+            external_id: '1',
+            error_code: 'MESSAGE_TOO_LARGE',
+            parked: false,
+            payloadHasTheBlob: true,
+          },
+        ],
+        relay: 'running',
+      },
+    );
+    assert.ok(logged(r, /dead letter/i), 'the relay logs that it set the event aside');
+    assert.equal(await finish(r, [skipped]), 0);
+  } finally {
+    await c.stop();
+    await finish(r, [skipped]);
+  }
+});
