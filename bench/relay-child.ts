@@ -18,13 +18,13 @@ import {
 import { parseConfig } from '../src/config.ts';
 import { startRelay } from '../src/commands/relay.ts';
 import { createKafka, KafkajsSink } from '../src/kafka/kafkajs-sink.ts';
-import type { EventSink } from '../src/kafka/sink.ts';
+import { ACKED, type EventSink } from '../src/kafka/sink.ts';
 import { createLogger, type Logger } from '../src/logger.ts';
 import type { Config } from '../src/config.ts';
 
 const discard: EventSink = {
   prepareTopics: () => Promise.resolve([]),
-  send: (messages) => Promise.resolve(messages.map(() => ({ status: 'acked' }))),
+  send: (messages) => Promise.resolve(messages.map(() => ACKED)),
   close: () => Promise.resolve(),
 };
 
@@ -53,7 +53,7 @@ function platformaticSink(config: Config, logger: Logger): EventSink {
           headers: new Map(Object.entries(m.headers)),
         })),
       });
-      return messages.map(() => ({ status: 'acked' }));
+      return messages.map(() => ACKED);
     },
     async close() {
       await producer.close();

@@ -1,11 +1,11 @@
 -- Up Migration
 --
--- Dead letters: events Kafka refused for good (too large for the topic, an invalid
--- record such as a null key on a compacted topic, not authorized), set aside by the relay
--- in the same transaction that removes their change from the queue, so nothing is lost
--- and nothing else waits. With DEAD_LETTER_POLICY=park-key (the default) a dead letter
--- parks its key: the key's later changes follow it here until an operator retries or
--- discards them (pg2kafka dead-letters), so per-key order holds.
+-- Dead letters: events Kafka refused for good because of the record itself (too large
+-- for the topic, an invalid record such as a null key on a compacted topic), set aside
+-- by the relay in the same transaction that removes their change from the queue, so
+-- nothing is lost and nothing else waits. With DEAD_LETTER_POLICY=park-key (the
+-- default) a dead letter parks its key: the key's later changes follow it here until an
+-- operator retries or discards them (pg2kafka dead-letters), so per-key order holds.
 --
 -- A row keeps the raw change as it was queued (id, table, statement, row images,
 -- created_at): retry puts it back under its original id, ahead of the key's later events.

@@ -16,8 +16,9 @@ export const deadLettersHelp = `Usage: pg2kafka dead-letters [list] [--json] [--
        pg2kafka dead-letters retry <id>... | --all
        pg2kafka dead-letters discard <id>... | --all
 
-Dead letters are events Kafka refused for good (too large for the topic, an invalid
-record, not authorized), set aside by the relay so that nothing is lost and nothing else
+Dead letters are events Kafka refused for good because of the record itself (too large
+for the topic, an invalid record such as a null key on a compacted topic), set aside by
+the relay so that nothing is lost and nothing else
 waits. With DEAD_LETTER_POLICY=park-key (the default) a dead letter parks its key: the
 key's later changes follow it here until they are retried or discarded.
 

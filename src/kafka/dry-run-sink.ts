@@ -1,4 +1,10 @@
-import type { EventSink, OutboundMessage, SendResult, TopicProblem } from './sink.ts';
+import {
+  ACKED,
+  type EventSink,
+  type OutboundMessage,
+  type SendResult,
+  type TopicProblem,
+} from './sink.ts';
 
 /**
  * DRY_RUN: writes each event as one JSON line `{"topic","key","headers","value"}` on
@@ -30,7 +36,7 @@ export class DryRunSink implements EventSink {
         else resolve();
       });
     });
-    return messages.map(() => ({ status: 'acked' }));
+    return messages.map(() => ACKED);
   }
 
   close(): Promise<void> {

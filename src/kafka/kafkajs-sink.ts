@@ -20,7 +20,13 @@ import {
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
 import { classifyKafkaError, permanentTopicProblem, SPLIT_AND_RETRY } from './errors.ts';
-import type { EventSink, OutboundMessage, SendResult, TopicProblem } from './sink.ts';
+import {
+  ACKED,
+  type EventSink,
+  type OutboundMessage,
+  type SendResult,
+  type TopicProblem,
+} from './sink.ts';
 
 /**
  * How long the broker may take to acknowledge a request (acks = all). Together with
@@ -181,7 +187,7 @@ export class KafkajsSink implements EventSink {
   }
 
   async send(messages: OutboundMessage[]): Promise<SendResult[]> {
-    const results: SendResult[] = messages.map(() => ({ status: 'unsent' }));
+    const results = new Array<SendResult>(messages.length).fill(UNSENT);
     if (messages.length === 0) return results;
     await this.connect();
     // One request per topic partition, all at once: a produce response that carries an
@@ -251,7 +257,7 @@ export class KafkajsSink implements EventSink {
           },
         ],
       });
-      for (const i of indexes) results[i] = { status: 'acked' };
+      for (const i of indexes) results[i] = ACKED;
       return true;
     } catch (error) {
       const refusal = classifyKafkaError(error);
@@ -278,6 +284,8 @@ export class KafkajsSink implements EventSink {
     this.connected = false;
   }
 }
+
+const UNSENT: SendResult = Object.freeze({ status: 'unsent' });
 
 function refusedResult(error: unknown): SendResult {
   return { status: 'refused', ...classifyKafkaError(error) };

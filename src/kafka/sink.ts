@@ -35,6 +35,9 @@ export type SendResult =
   | { status: 'refused'; retriable: boolean; code: string; reason: string }
   | { status: 'unsent' };
 
+/** The one "acked" result, shared: a batch's results allocate nothing per message. */
+export const ACKED: SendResult = Object.freeze({ status: 'acked' });
+
 export interface EventSink {
   /**
    * Makes sure the topics exist (creating them when allowed). Returns the topics that

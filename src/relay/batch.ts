@@ -28,35 +28,46 @@ export interface BatchOutcome {
   acked: number;
 }
 
+const UNSENT: Fate = { status: 'unsent' };
+
 export class BatchLedger {
   private readonly fates: Fate[];
 
   constructor(
+    /** In shipping order (id, part): the events of one change are next to each other. */
     readonly events: QueuedEvent[],
     readonly topics: string[],
   ) {
-    this.fates = events.map(() => ({ status: 'unsent' }));
+    this.fates = new Array<Fate>(events.length).fill(UNSENT);
   }
 
   record(index: number, fate: Fate): void {
     this.fates[index] = fate;
   }
 
-  /** Indexes of the events of each change, in batch order. */
-  private changes(): Map<string, number[]> {
-    const byId = new Map<string, number[]>();
-    for (const [i, e] of this.events.entries()) {
-      const list = byId.get(e.id);
-      if (list) list.push(i);
-      else byId.set(e.id, [i]);
-    }
-    return byId;
+  /** The indexes [start, end) of the events of the change of event `index`. */
+  private changeAt(index: number): [number, number] {
+    const id = this.events[index]?.id;
+    let start = index;
+    let end = index + 1;
+    while (start > 0 && this.events[start - 1]?.id === id) start -= 1;
+    while (end < this.events.length && this.events[end]?.id === id) end += 1;
+    return [start, end];
   }
 
   /** Every key the change of event `index` carries (two for a key change). */
   keysOf(index: number): Array<string | null> {
-    const id = this.events[index]?.id;
-    return this.events.filter((e) => e.id === id).map((e) => e.externalId);
+    const [start, end] = this.changeAt(index);
+    return this.events.slice(start, end).map((e) => e.externalId);
+  }
+
+  /** How many changes the batch holds. */
+  get changes(): number {
+    let count = 0;
+    for (let i = 0; i < this.events.length; i += 1) {
+      if (this.events[i]?.id !== this.events[i - 1]?.id) count += 1;
+    }
+    return count;
   }
 
   outcome(messages: OutboundMessage[], parkKeys: boolean, now: string): BatchOutcome {
@@ -64,51 +75,63 @@ export class BatchLedger {
     const deadLetters: DeadLetterEntry[] = [];
     const ackedTopics = new Set<string>();
     let acked = 0;
-    for (const [id, indexes] of this.changes()) {
-      const fates = indexes.map((i) => this.fates[i] as Fate);
-      for (const [n, fate] of fates.entries()) {
+    for (let start = 0; start < this.events.length;) {
+      const [, end] = this.changeAt(start);
+      let allAcked = true;
+      let refusedAt = -1;
+      let followerAt = -1;
+      for (let i = start; i < end; i += 1) {
+        const fate = this.fates[i] as Fate;
         if (fate.status === 'acked') {
           acked += 1;
-          ackedTopics.add(this.topics[indexes[n] as number] as string);
+          ackedTopics.add(this.topics[i] as string);
+          continue;
         }
+        allAcked = false;
+        if (fate.status === 'refused' && !fate.retriable && refusedAt < 0) refusedAt = i;
+        if (fate.status === 'follower' && followerAt < 0) followerAt = i;
       }
-      if (fates.every((f) => f.status === 'acked')) {
-        deleteIds.push(id);
-        continue;
-      }
-      const refusedAt = fates.findIndex((f) => f.status === 'refused' && !f.retriable);
-      const followerAt = fates.findIndex((f) => f.status === 'follower');
       const at = refusedAt >= 0 ? refusedAt : followerAt;
-      if (at < 0) continue;
-      const index = indexes[at] as number;
-      const event = this.events[index] as QueuedEvent;
-      const fate = fates[at] as Refusal | { status: 'follower' };
-      const refusal =
-        fate.status === 'refused'
-          ? fate
-          : {
-              code: KEY_PARKED,
-              reason:
-                'an earlier event of this key is a dead letter: retry or discard it (pg2kafka dead-letters)',
-            };
-      deadLetters.push({
-        id,
-        tableOid: event.tableOid,
-        schemaName: event.schemaName,
-        tableName: event.tableName,
-        topic: this.topics[index] as string,
-        externalId: event.externalId,
-        payload: (messages[index] as OutboundMessage).value,
-        errorCode: refusal.code,
-        reason: refusal.reason,
-        attempts: fate.status === 'refused' ? 1 : 0,
-        firstFailedAt: now,
-        parked: parkKeys,
-        keys: this.keysOf(index),
-        follower: fate.status === 'follower',
-      });
+      const event = this.events[start] as QueuedEvent;
+      if (allAcked) deleteIds.push(event.id);
+      else if (at >= 0) deadLetters.push(this.deadLetter(at, messages, parkKeys, now));
+      start = end;
     }
     return { deleteIds, deadLetters, ackedTopics, acked };
+  }
+
+  private deadLetter(
+    index: number,
+    messages: OutboundMessage[],
+    parkKeys: boolean,
+    now: string,
+  ): DeadLetterEntry {
+    const event = this.events[index] as QueuedEvent;
+    const fate = this.fates[index] as Refusal | { status: 'follower' };
+    const refusal =
+      fate.status === 'refused'
+        ? fate
+        : {
+            code: KEY_PARKED,
+            reason:
+              'an earlier event of this key is a dead letter: retry or discard it (pg2kafka dead-letters)',
+          };
+    return {
+      id: event.id,
+      tableOid: event.tableOid,
+      schemaName: event.schemaName,
+      tableName: event.tableName,
+      topic: this.topics[index] as string,
+      externalId: event.externalId,
+      payload: (messages[index] as OutboundMessage).value,
+      errorCode: refusal.code,
+      reason: refusal.reason,
+      attempts: fate.status === 'refused' ? 1 : 0,
+      firstFailedAt: now,
+      parked: parkKeys,
+      keys: this.keysOf(index),
+      follower: fate.status === 'follower',
+    };
   }
 }
 
@@ -137,4 +160,20 @@ export function splitRequests(
   }
   if (current.length > 0) requests.push(current);
   return requests;
+}
+
+/** The Kafka message of an event: keyed by the external id, with the four headers. */
+export function toMessage(e: QueuedEvent, topic: string, database: string): OutboundMessage {
+  return {
+    topic,
+    key: e.externalId,
+    value: e.value,
+    timestamp: e.timestampMs,
+    headers: {
+      uuid: e.uuid,
+      statement: e.statement,
+      table: `${e.schemaName}.${e.tableName}`,
+      database,
+    },
+  };
 }

@@ -50,8 +50,22 @@ export class ParkedKeys {
     this.keys.add(parkedKey(tableOid, key));
   }
 
-  get size(): number {
-    return this.keys.size;
+  /**
+   * Changes to set aside because a key of theirs is parked, in id order: a follower that
+   * changes its key parks the new key too, for the changes after it.
+   */
+  followers(events: QueuedEvent[]): Set<string> {
+    const ids = new Set<string>();
+    if (this.keys.size === 0) return ids;
+    for (const [i, e] of events.entries()) {
+      if (!ids.has(e.id) && this.has(e)) {
+        ids.add(e.id);
+        for (const other of events.slice(Math.max(0, i - 1), i + 2)) {
+          if (other.id === e.id) this.add(other.tableOid, other.externalId);
+        }
+      }
+    }
+    return ids;
   }
 
   has(event: QueuedEvent): boolean {

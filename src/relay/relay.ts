@@ -34,11 +34,12 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import type { DeadLetterPolicy } from '../config.ts';
 import { RECORD_REFUSALS } from '../kafka/errors.ts';
-import { messageBytes, type EventSink, type OutboundMessage } from '../kafka/sink.ts';
+import type { EventSink } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
-import { BatchLedger, splitRequests } from './batch.ts';
+import { BatchLedger, toMessage } from './batch.ts';
 import { DeadLetterStore, ParkedKeys, type DeadLetterEntry } from './dead-letters.ts';
 import { HoldList } from './holds.ts';
+import { sendInRequests } from './send.ts';
 import { DEFAULT_LEASE_TIMING, LeaseKeeper, type LeaseTiming } from './lease.ts';
 import type { IdleFlag } from './listener.ts';
 import type { EventQueue, Lease, QueuedEvent } from './queue.ts';
@@ -280,24 +281,6 @@ export class Relay {
     if (notice) this.emit({ type: 'topic-held', ...notice });
   }
 
-  /**
-   * Changes to set aside because a key of theirs is parked, in id order: a follower that
-   * changes its key parks the new key too, for the changes after it.
-   */
-  private followers(events: QueuedEvent[]): Set<string> {
-    const ids = new Set<string>();
-    if (this.parked.size === 0) return ids;
-    for (const [i, e] of events.entries()) {
-      if (!ids.has(e.id) && this.parked.has(e)) {
-        ids.add(e.id);
-        for (const other of events.slice(Math.max(0, i - 1), i + 2)) {
-          if (other.id === e.id) this.parked.add(other.tableOid, other.externalId);
-        }
-      }
-    }
-    return ids;
-  }
-
   private read(lease: Lease | undefined, excludeIds: string[] = []): Promise<Batch> {
     const { queue, batchSize, batchBytes, dryRun } = this.options;
     return queue
@@ -335,7 +318,16 @@ export class Relay {
     await onRows?.();
     const started = performance.now();
     const naming = await this.topicNaming();
-    const topics = events.map((e) => topicName(naming, e.schemaName, e.tableName));
+    // One name per table (a batch reads each table's current name once).
+    const topicOf = new Map<string, string>();
+    const topics = events.map((e) => {
+      let topic = topicOf.get(e.tableOid);
+      if (topic === undefined) {
+        topic = topicName(naming, e.schemaName, e.tableName);
+        topicOf.set(e.tableOid, topic);
+      }
+      return topic;
+    });
     const ledger = new BatchLedger(events, topics);
 
     const distinctTopics = [...new Set(topics)];
@@ -350,7 +342,7 @@ export class Relay {
 
     const messages = events.map((e, i) => toMessage(e, topics[i] as string, naming.database));
     const sendable: number[] = [];
-    const parkedChanges = this.followers(events);
+    const parkedChanges = this.parked.followers(events);
     for (const [i, e] of events.entries()) {
       if (this.holds.isHeld(topics[i] as string, e.tableOid)) continue;
       if (parkedChanges.has(e.id)) {
@@ -360,58 +352,34 @@ export class Relay {
       sendable.push(i);
     }
     const parkKeys = this.options.deadLetterPolicy === 'park-key';
-    // After an event of a topic is not acknowledged, no later event of that topic is
-    // sent in this batch: a key's later event must not overtake one that stays queued.
-    const stopped = new Set<string>();
-    const requests = splitRequests(
-      sendable,
+    const report = await sendInRequests({
+      sink,
+      ledger,
       messages,
-      messageBytes,
-      this.options.maxRequestBytes ?? MAX_REQUEST_BYTES,
-    );
-    for (const request of requests) {
-      const pending = request.filter((i) => !stopped.has(topics[i] as string));
-      if (pending.length === 0) continue;
-      // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease:
-      // then a standby may be shipping these very events, so send nothing more.
-      if (!dryRun && !this.leases.trusted(lease)) {
-        await this.resign(
-          'lease not trusted any more before sending; the rest stays queued',
-          false,
-        );
-        break;
-      }
-      const results = await sink.send(pending.map((i) => messages[i] as OutboundMessage));
-      for (const [n, result] of results.entries()) {
-        const i = pending[n] as number;
-        const topic = topics[i] as string;
-        if (result.status === 'acked') {
-          ledger.record(i, result);
-          continue;
-        }
-        stopped.add(topic);
-        if (result.status === 'unsent') continue;
-        const recordLevel = !result.retriable && RECORD_REFUSALS.has(result.code);
-        if (recordLevel && this.options.deadLetterPolicy !== 'hold-table') {
-          ledger.record(i, result);
-          const event = events[i] as QueuedEvent;
-          if (parkKeys) for (const key of ledger.keysOf(i)) this.parked.add(event.tableOid, key);
-        } else {
-          this.hold(
-            ledger,
-            topic,
-            `topic "${topic}" refused events: ${result.reason} (${result.code})`,
-            result.retriable,
-          );
-        }
+      sendable,
+      maxRequestBytes: this.options.maxRequestBytes ?? MAX_REQUEST_BYTES,
+      // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease.
+      trusted: () => dryRun || this.leases.trusted(lease),
+    });
+    if (report.untrusted) {
+      await this.resign('lease not trusted any more before sending; the rest stays queued', false);
+    }
+    for (const { index, refusal } of report.refusals) {
+      const topic = topics[index] as string;
+      const recordLevel = !refusal.retriable && RECORD_REFUSALS.has(refusal.code);
+      if (recordLevel && this.options.deadLetterPolicy !== 'hold-table') {
+        ledger.record(index, refusal);
+        const event = events[index] as QueuedEvent;
+        if (parkKeys) for (const key of ledger.keysOf(index)) this.parked.add(event.tableOid, key);
+      } else {
+        const reason = `topic "${topic}" refused events: ${refusal.reason} (${refusal.code})`;
+        this.hold(ledger, topic, reason, refusal.retriable);
       }
     }
 
     const outcome = ledger.outcome(messages, parkKeys, new Date().toISOString());
     for (const topic of outcome.ackedTopics) this.holds.succeeded(topic);
-    let complete =
-      outcome.deleteIds.length + outcome.deadLetters.length ===
-      new Set(events.map((e) => e.id)).size;
+    let complete = outcome.deleteIds.length + outcome.deadLetters.length === ledger.changes;
     if (dryRun) {
       this.dryRunAfterId = events.at(-1)?.id;
     } else if (lease) {
@@ -438,6 +406,8 @@ export class Relay {
       }
     }
     if (!complete) this.prefetched = undefined;
+    // Kafka unreachable: what it acknowledged before is deleted; now back off.
+    if (report.error) throw report.error;
     this.emit({
       type: 'batch',
       events: outcome.acked,
@@ -466,19 +436,4 @@ export class Relay {
       this.cancelSleep = undefined;
     });
   }
-}
-
-function toMessage(e: QueuedEvent, topic: string, database: string): OutboundMessage {
-  return {
-    topic,
-    key: e.externalId,
-    value: e.value,
-    timestamp: e.timestampMs,
-    headers: {
-      uuid: e.uuid,
-      statement: e.statement,
-      table: `${e.schemaName}.${e.tableName}`,
-      database,
-    },
-  };
 }
