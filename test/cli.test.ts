@@ -8,7 +8,7 @@ import { createServer, type Socket } from 'node:net';
 import { before, test } from 'node:test';
 import { CAPTURE_TRIGGERS, migrated, queuedChanges } from './capture/support.ts';
 import { useTestDatabase } from './helpers.ts';
-import { runCli } from './relay/support.ts';
+import { cliEnv, runCli } from './relay/support.ts';
 import type { Status } from '../src/commands/status.ts';
 
 const db = useTestDatabase();
@@ -17,19 +17,9 @@ before(async () => {
   await migrated(db);
 });
 
-/**
- * The environment of a command on the test database. Variables that would change its
- * output are unset explicitly: runCli starts from process.env.
- */
-function env(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
-  return {
-    DATABASE_URL: db.url,
-    TOPIC_PREFIX: undefined,
-    TOPIC_NAMESPACE: undefined,
-    LOG_LEVEL: undefined,
-    ...extra,
-  };
-}
+/** The environment of a command on the test database (see cliEnv). */
+const env = (extra: Record<string, string | undefined> = {}): Record<string, string | undefined> =>
+  cliEnv(db.url, extra);
 
 async function triggers(table: string): Promise<string[]> {
   const rows = await db.sql<{ name: string }[]>`

@@ -9,7 +9,7 @@ import { before, beforeEach, test } from 'node:test';
 import { runner } from 'node-pg-migrate';
 import { migrated } from './capture/support.ts';
 import { useTestDatabase } from './helpers.ts';
-import { runCli } from './relay/support.ts';
+import { cliEnv, runCli } from './relay/support.ts';
 import type { DeadLetter } from '../src/commands/dead-letters.ts';
 import type { Status } from '../src/commands/status.ts';
 import { packageRoot } from '../src/package-root.ts';
@@ -31,15 +31,9 @@ const SEE =
   'retry with: pg2kafka dead-letters retry <id>... | --all; drop with: pg2kafka dead-letters discard <id>... | --all';
 const LIST_HINT = '(list them with: pg2kafka dead-letters)';
 
-function env(extra: Record<string, string | undefined> = {}): Record<string, string | undefined> {
-  return {
-    DATABASE_URL: db.url,
-    TOPIC_PREFIX: undefined,
-    TOPIC_NAMESPACE: undefined,
-    LOG_LEVEL: undefined,
-    ...extra,
-  };
-}
+/** The environment of a command on the test database (see cliEnv). */
+const env = (extra: Record<string, string | undefined> = {}): Record<string, string | undefined> =>
+  cliEnv(db.url, extra);
 
 /** Creates and sets up a table keyed by `sku`. */
 async function capturedTable(name: string): Promise<void> {
@@ -568,7 +562,7 @@ test('status counts the dead letters and the keys they park', async () => {
 
 test('without the dead letters table: dead-letters says to run pg2kafka migrate; status still works', async () => {
   await old.ready;
-  const oldEnv = env({ DATABASE_URL: old.url });
+  const oldEnv = cliEnv(old.url);
   const expected = {
     code: 2,
     stdout: '',
@@ -581,15 +575,19 @@ test('without the dead letters table: dead-letters says to run pg2kafka migrate;
     ['dead-letters', 'retry', '--all'],
     ['dead-letters', 'discard', '1'],
   ];
+  /** Each dead-letters command says to run pg2kafka migrate. */
+  const assertEachSaysMigrate = async (): Promise<void> => {
+    for (const args of commands) {
+      const result = await runCli(args, oldEnv);
+      assert.deepEqual(
+        { code: result.code, stdout: result.stdout, stderr: result.stderr },
+        expected,
+        args.join(' '),
+      );
+    }
+  };
   // Not installed at all.
-  for (const args of commands) {
-    const result = await runCli(args, oldEnv);
-    assert.deepEqual(
-      { code: result.code, stdout: result.stdout, stderr: result.stderr },
-      expected,
-      args.join(' '),
-    );
-  }
+  await assertEachSaysMigrate();
 
   // Installed by a version before dead letters: the first two migrations only.
   await runner({
@@ -607,14 +605,7 @@ test('without the dead letters table: dead-letters says to run pg2kafka migrate;
     select to_regclass('pg2kafka.relay_lease') is not null
        and to_regclass('pg2kafka.dead_letters') is null as exists`;
   assert.equal(table?.exists, true, 'migrated to 0002 only');
-  for (const args of commands) {
-    const result = await runCli(args, oldEnv);
-    assert.deepEqual(
-      { code: result.code, stdout: result.stdout, stderr: result.stderr },
-      expected,
-      args.join(' '),
-    );
-  }
+  await assertEachSaysMigrate();
   const status = await runCli(['status', '--json'], oldEnv);
   assert.equal(status.code, 0, status.stderr);
   assert.equal((JSON.parse(status.stdout) as Status).deadLetters, null);

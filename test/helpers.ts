@@ -182,8 +182,11 @@ export interface TestKafka {
   readonly kafka: Kafka;
   admin(): Promise<Admin>;
   producer(): Promise<Producer>;
-  /** Creates a topic and waits until it has a leader. */
-  createTopic(topic: string, partitions?: number): Promise<void>;
+  /**
+   * Creates a topic and waits until it has a leader. `config`: topic configuration
+   * entries, as `{ 'max.message.bytes': '2000' }` (default: the broker's).
+   */
+  createTopic(topic: string, partitions?: number, config?: Record<string, string>): Promise<void>;
   /**
    * Reads `count` messages from the start of `topic` with a real consumer group, then
    * disconnects. Fails with what it got so far if they do not arrive within `timeoutMs`.
@@ -256,11 +259,21 @@ export function useKafka(): TestKafka {
     return Object.assign(client, { disconnect });
   };
 
-  const createTopic = async (topic: string, partitions = 1): Promise<void> => {
+  const createTopic = async (
+    topic: string,
+    partitions = 1,
+    config: Record<string, string> = {},
+  ): Promise<void> => {
     const client = await admin();
     try {
       await client.createTopics({
-        topics: [{ topic, numPartitions: partitions }],
+        topics: [
+          {
+            topic,
+            numPartitions: partitions,
+            configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
+          },
+        ],
         waitForLeaders: true,
       });
     } finally {

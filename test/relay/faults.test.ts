@@ -6,74 +6,26 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Kafka, logLevel, type Consumer } from 'kafkajs';
+import { Kafka, logLevel } from 'kafkajs';
 import { KafkaBroker } from '../../scripts/kafka-broker.ts';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
-import { useRelays } from './support.ts';
+import { collect, dedupe, useRelays, type ArrivedEvent, type Collector } from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
 const { relay, queueDepth } = useRelays(db, kafka);
 
-interface Received {
-  key: string | null;
-  partition: number;
-  uuid: string;
-  statement: string;
-  data: Record<string, unknown>;
-}
-
-/** A consumer that keeps collecting a topic's messages in arrival order until stopped. */
-async function collect(
-  brokers: string[],
-  topic: string,
-): Promise<{ received: Received[]; stop: () => Promise<void> }> {
+/** Collects `topic` on `brokers` until stopped; quiet, as brokers go down here. */
+function collectOn(brokers: string[], topic: string): Promise<Collector> {
   const client = new Kafka({ clientId: uniqueName('faults'), brokers, logLevel: logLevel.NOTHING });
-  const admin = client.admin();
-  await admin.connect();
-  await waitFor(
-    `topic ${topic}`,
-    async () => (await admin.listTopics()).includes(topic),
-    60_000,
-    200,
-  );
-  await admin.disconnect();
-  const consumer: Consumer = client.consumer({ groupId: uniqueName('faults-group') });
-  const received: Received[] = [];
-  await consumer.connect();
-  await consumer.subscribe({ topics: [topic], fromBeginning: true });
-  await consumer.run({
-    eachMessage: ({ partition, message }) => {
-      const value = JSON.parse(message.value?.toString() ?? '{}') as {
-        uuid: string;
-        statement: string;
-        data: Record<string, unknown>;
-      };
-      received.push({
-        key: message.key?.toString() ?? null,
-        partition,
-        uuid: value.uuid,
-        statement: value.statement,
-        data: value.data,
-      });
-      return Promise.resolve();
-    },
-  });
-  return { received, stop: () => consumer.disconnect() };
-}
-
-/** Drops duplicates by uuid, keeping first arrivals. */
-function dedupe(received: Received[]): { unique: Received[]; duplicates: number } {
-  const seen = new Set<string>();
-  const unique = received.filter((r) => !seen.has(r.uuid) && seen.add(r.uuid));
-  return { unique, duplicates: received.length - unique.length };
+  return collect(client, topic);
 }
 
 /**
  * Checks each key's history: after an INSERT (v = 1) every UPDATE raises v by exactly 1
  * until a DELETE; the replayed final state must equal the table.
  */
-async function assertHistories(sql: Sql, table: string, events: Received[]): Promise<void> {
+async function assertHistories(sql: Sql, table: string, events: ArrivedEvent[]): Promise<void> {
   const state = new Map<string, number>();
   const partitions = new Map<string, number>();
   for (const e of events) {
@@ -204,7 +156,7 @@ test('4 writers, 500 keys, 20k changes, the relay SIGKILLed twice: nothing lost,
   let current = relay(env);
   await current.waitForLog('active: shipping events');
   const load = writeLoad(table, { writers: 4, keys: 500, changes: 20_000 });
-  const consumer = await collect(kafka.brokers, topic);
+  const consumer = await collectOn(kafka.brokers, topic);
   try {
     for (let kill = 1; kill <= 2; kill += 1) {
       await waitFor(
@@ -248,7 +200,7 @@ test('PostgreSQL connections terminated mid-run: no loss, no exit', async () => 
   await db.sql`select pg2kafka.setup(${table}, 'k')`;
   await db.sql.unsafe(`insert into ${table} values ('seed', 1, 'x')`);
   const r = relay();
-  const consumer = await collect(kafka.brokers, `pg2kafka.${db.name}.${table}`);
+  const consumer = await collectOn(kafka.brokers, `pg2kafka.${db.name}.${table}`);
   try {
     await waitFor('the seed event', () => consumer.received.length >= 1, 30_000);
     const load = writeLoad(table, { writers: 2, keys: 50, changes: 1500, ratePerSecond: 500 });
@@ -289,7 +241,7 @@ test('Kafka stopped for 20 s mid-run: no loss, no exit, shipping resumes by itse
     await db.sql.unsafe(`insert into ${table} values ('seed', 1, 'x')`);
     const r = relay({ KAFKA_BROKERS: broker.brokers });
     const topic = `pg2kafka.${db.name}.${table}`;
-    const consumer = await collect([broker.brokers], topic);
+    const consumer = await collectOn([broker.brokers], topic);
     try {
       await waitFor('the seed event', () => consumer.received.length >= 1, 30_000);
       const load = writeLoad(table, { writers: 2, keys: 50, changes: 1000, ratePerSecond: 40 });

@@ -89,6 +89,21 @@ async function queued(): Promise<number> {
   return row?.n ?? -1;
 }
 
+/** A captured table `name` keyed by `id`, with rows 1 to 5 queued. */
+async function fiveQueued(name: string): Promise<void> {
+  await sql`create table ${sql(name)} (id int primary key)`;
+  await sql`select pg2kafka.setup(${name}::regclass, 'id')`;
+  await sql`insert into ${sql(name)} select generate_series(1, 5)`;
+}
+
+/** Runs the relay until the queue is empty, then stops it. */
+async function runUntilEmpty(relay: Relay): Promise<void> {
+  const running = relay.start();
+  await waitFor('an empty queue', async () => (await queued()) === 0);
+  await relay.stop();
+  await running;
+}
+
 test('a batch partly held back drops the batch read ahead: a key never overtakes its held event', async () => {
   await sql`create table held (id int primary key, v int)`;
   await sql`create table flowing (id int primary key)`;
@@ -121,10 +136,7 @@ test('a batch partly held back drops the batch read ahead: a key never overtakes
   // The hold ends at once: the read-ahead batch would then be shipped with the held
   // topic released, ahead of the held event.
   const relay = relayWith(sink, { batchSize: 2, holdBackoff: () => 0 });
-  const running = relay.start();
-  await waitFor('an empty queue', async () => (await queued()) === 0);
-  await relay.stop();
-  await running;
+  await runUntilEmpty(relay);
 
   const held = sink.sends
     .flat()
@@ -137,9 +149,7 @@ test('a batch partly held back drops the batch read ahead: a key never overtakes
 });
 
 test('the lease is checked before every produce request: a relay that lost it sends no more', async () => {
-  await sql`create table leased (id int primary key)`;
-  await sql`select pg2kafka.setup('leased', 'id')`;
-  await sql`insert into leased select generate_series(1, 5)`;
+  await fiveQueued('leased');
 
   const sink = new FakeSink();
   const firstSend = deferred();
@@ -227,4 +237,22 @@ test('a refused event parks its key: later events of that key follow it into dea
   );
   await sql`delete from pg2kafka.dead_letters`;
   await sql`select pg2kafka.teardown('parking')`;
+});
+
+test('Kafka lost mid-batch: what it acknowledged before is deleted, so only the rest is sent again', async () => {
+  await fiveQueued('midway');
+
+  const sink = new FakeSink();
+  sink.answer = (messages, call) =>
+    call === 3
+      ? Promise.reject(new Error('connection to the broker lost'))
+      : Promise.resolve(messages.map(() => ({ status: 'acked' })));
+  const events: RelayEvent[] = [];
+  const relay = relayWith(sink, { maxRequestBytes: 1 });
+  relay.on((e) => events.push(e));
+  await runUntilEmpty(relay);
+
+  assert.deepEqual(sink.ackedKeys(), ['midway:1', 'midway:2', 'midway:3', 'midway:4', 'midway:5']);
+  assert.equal(events.filter((e) => e.type === 'error').length, 1);
+  await sql`select pg2kafka.teardown('midway')`;
 });

@@ -8,9 +8,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import kafkajs, { type Consumer } from 'kafkajs';
+import kafkajs from 'kafkajs';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
-import { runCli, useRelays } from './support.ts';
+import { cliEnv, collect, dedupe, runCli, useRelays, type ArrivedEvent } from './support.ts';
 import type { DeadLetter } from '../../src/commands/dead-letters.ts';
 import type { Status } from '../../src/commands/status.ts';
 
@@ -26,79 +26,22 @@ const BIG_BLOB = 5000;
 /** From the default export: kafkajs's exports spread a module, so ESM sees no named one. */
 const TOPIC_RESOURCE = kafkajs.ConfigResourceTypes.TOPIC;
 
-interface Received {
-  key: string | null;
-  uuid: string;
-  statement: string;
-  data: Record<string, unknown>;
-}
-
-/** A consumer that keeps collecting a topic's messages in arrival order until stopped. */
-async function collect(
-  topic: string,
-): Promise<{ received: Received[]; stop: () => Promise<void> }> {
-  const consumer: Consumer = kafka.kafka.consumer({
-    groupId: uniqueName('retry-group'),
-    allowAutoTopicCreation: false,
-  });
-  const received: Received[] = [];
-  await consumer.connect();
-  await consumer.subscribe({ topics: [topic], fromBeginning: true });
-  await consumer.run({
-    eachMessage: ({ message }) => {
-      const value = JSON.parse(message.value?.toString() ?? '{}') as {
-        uuid: string;
-        statement: string;
-        data: Record<string, unknown>;
-      };
-      received.push({
-        key: message.key?.toString() ?? null,
-        uuid: value.uuid,
-        statement: value.statement,
-        data: value.data,
-      });
-      return Promise.resolve();
-    },
-  });
-  return { received, stop: () => consumer.disconnect() };
-}
-
-/** Drops duplicates by uuid, keeping first arrivals. */
-function dedupe(received: Received[]): { unique: Received[]; duplicates: number } {
-  const seen = new Set<string>();
-  const unique = received.filter((r) => !seen.has(r.uuid) && seen.add(r.uuid));
-  return { unique, duplicates: received.length - unique.length };
-}
-
 /** One line per event, for comparisons that read well when they fail. */
-const describe = (e: Received): string =>
+const describe = (e: ArrivedEvent): string =>
   `${e.key ?? 'null'} ${e.statement} v=${String(e.data.v)}` +
   (typeof e.data.blob === 'string' ? ` blob=${e.data.blob.length}` : '');
 
-/** A table keyed by `id`, set up for capture; returns its name and topic. */
+/**
+ * A table keyed by `id`, set up for capture, and its topic, created before the relay does
+ * with max.message.bytes at SMALL_LIMIT; returns the table's name and the topic.
+ */
 async function capturedTable(prefix: string): Promise<{ table: string; topic: string }> {
   const table = uniqueName(prefix);
   await db.sql.unsafe(`create table ${table} (id int primary key, v int not null, blob text)`);
   await db.sql`select pg2kafka.setup(${table}::regclass, 'id')`;
-  return { table, topic: `pg2kafka.${db.name}.${table}` };
-}
-
-async function createLimitedTopic(topic: string, maxMessageBytes: number): Promise<void> {
-  const admin = await kafka.admin();
-  try {
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        {
-          topic,
-          numPartitions: 1,
-          configEntries: [{ name: 'max.message.bytes', value: String(maxMessageBytes) }],
-        },
-      ],
-    });
-  } finally {
-    await admin.disconnect();
-  }
+  const topic = `pg2kafka.${db.name}.${table}`;
+  await kafka.createTopic(topic, 1, { 'max.message.bytes': String(SMALL_LIMIT) });
+  return { table, topic };
 }
 
 /** Sets the topic's max.message.bytes and waits until the broker reports it. */
@@ -142,17 +85,25 @@ async function deadLetterRows(table: string): Promise<DeadLetterRow[]> {
   return [...rows];
 }
 
+/** Waits until the table has at least `count` dead letters; returns them. */
+function waitForDeadLetters(table: string, count: number, what: string): Promise<DeadLetterRow[]> {
+  return waitFor(
+    what,
+    async () => {
+      const rows = await deadLetterRows(table);
+      return rows.length >= count && rows;
+    },
+    30_000,
+    100,
+  );
+}
+
 const summary = (rows: DeadLetterRow[]): string[][] =>
   rows.map((d) => [d.key ?? 'null', d.statement, d.error_code, d.parked ? 'parked' : 'not parked']);
 
 /** Runs `pg2kafka <args>` on the test database, as an operator would. */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return runCli(args, {
-    DATABASE_URL: db.url,
-    LOG_LEVEL: undefined,
-    TOPIC_PREFIX: undefined,
-    TOPIC_NAMESPACE: undefined,
-  });
+  return runCli(args, cliEnv(db.url));
 }
 
 /** Fails with the CLI's output when it did not exit 0. */
@@ -165,9 +116,8 @@ function assertSucceeded(
 
 test('retry under concurrent writes: a parked key’s dead letters go back in order, ahead of the key’s later events', async (t) => {
   const { table, topic } = await capturedTable('retry');
-  await createLimitedTopic(topic, SMALL_LIMIT);
   const r = relay(RELAY_ENV);
-  const consumer = await collect(topic);
+  const consumer = await collect(kafka.kafka, topic);
   try {
     await r.waitForLog('active: shipping events');
     // Key 1: a row too large for the topic, then small updates that follow it while parked.
@@ -180,14 +130,10 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
     await db.sql.unsafe(`insert into ${table} values (3, 0, null), (4, 0, null)`);
     await db.sql.unsafe(`update ${table} set v = v + 1 where id in (2, 3, 4)`);
 
-    const parked = await waitFor(
+    const parked = await waitForDeadLetters(
+      table,
+      1 + parkedUpdates,
       'key 1 and its followers in dead letters',
-      async () => {
-        const rows = await deadLetterRows(table);
-        return rows.length >= 1 + parkedUpdates && rows;
-      },
-      30_000,
-      100,
     );
     assert.deepEqual(summary(parked), [
       ['1', 'INSERT', 'MESSAGE_TOO_LARGE', 'parked'],
@@ -321,9 +267,8 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
 
 test('discard drops a dead letter for good: its key is released and its later events flow', async () => {
   const { table, topic } = await capturedTable('discard');
-  await createLimitedTopic(topic, SMALL_LIMIT);
   const r = relay(RELAY_ENV);
-  const consumer = await collect(topic);
+  const consumer = await collect(kafka.kafka, topic);
   try {
     await r.waitForLog('active: shipping events');
     // Key 1: refused, no followers. Key 2: refused, then two followers. Key 3 flows.
@@ -332,15 +277,7 @@ test('discard drops a dead letter for good: its key is released and its later ev
     await db.sql.unsafe(`update ${table} set blob = null, v = v + 1 where id = 2`);
     await db.sql.unsafe(`update ${table} set v = v + 1 where id = 2`);
     await db.sql.unsafe(`insert into ${table} values (3, 0, null)`);
-    const letters = await waitFor(
-      'four dead letters',
-      async () => {
-        const rows = await deadLetterRows(table);
-        return rows.length >= 4 && rows;
-      },
-      30_000,
-      100,
-    );
+    const letters = await waitForDeadLetters(table, 4, 'four dead letters');
     assert.deepEqual(summary(letters), [
       ['1', 'INSERT', 'MESSAGE_TOO_LARGE', 'parked'],
       ['2', 'INSERT', 'MESSAGE_TOO_LARGE', 'parked'],
@@ -364,14 +301,10 @@ test('discard drops a dead letter for good: its key is released and its later ev
         `still parked under the same key: ${key2Follower1}, ${key2Follower2} (retry or discard them too to release the key)\n`,
     );
     await db.sql.unsafe(`update ${table} set v = v + 1 where id = 2`);
-    const stillParked = await waitFor(
+    const stillParked = await waitForDeadLetters(
+      table,
+      3,
       "key 2's update after the partial discard in dead letters",
-      async () => {
-        const rows = await deadLetterRows(table);
-        return rows.length >= 3 && rows;
-      },
-      30_000,
-      100,
     );
     assert.deepEqual(summary(stillParked), [
       ['2', 'UPDATE', 'KEY_PARKED', 'parked'],
@@ -410,21 +343,12 @@ test('discard drops a dead letter for good: its key is released and its later ev
 
 test('pg2kafka dead-letters lists what the relay set aside', async () => {
   const { table, topic } = await capturedTable('listed');
-  await createLimitedTopic(topic, SMALL_LIMIT);
   const r = relay(RELAY_ENV);
   try {
     await r.waitForLog('active: shipping events');
     await db.sql.unsafe(`insert into ${table} values (7, 0, repeat('z', ${BIG_BLOB}))`);
     await db.sql.unsafe(`insert into ${table} values (8, 0, null)`);
-    const [letter] = await waitFor(
-      'a dead letter',
-      async () => {
-        const rows = await deadLetterRows(table);
-        return rows.length >= 1 && rows;
-      },
-      30_000,
-      100,
-    );
+    const [letter] = await waitForDeadLetters(table, 1, 'a dead letter');
     const [message] = await kafka.consume(topic, 1, 30_000, 500);
     assert.equal(message?.key, '8', 'the other key flowed');
     await waitFor('an empty queue', async () => (await queueDepth()) === 0, 30_000, 100);

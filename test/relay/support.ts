@@ -2,9 +2,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
+import type { Kafka } from 'kafkajs';
 import { splitLines } from '../../scripts/kafka-broker.ts';
 import { migrate } from '../../src/capture/migrate.ts';
-import { deferred, waitFor, type Sql } from '../helpers.ts';
+import { deferred, uniqueName, waitFor, type Sql } from '../helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -72,6 +73,23 @@ export class RelayProcess {
   }
 }
 
+/**
+ * The environment of a pg2kafka command on `databaseUrl`. Variables that would change its
+ * output are unset explicitly: runCli starts from process.env.
+ */
+export function cliEnv(
+  databaseUrl: string,
+  extra: Record<string, string | undefined> = {},
+): Record<string, string | undefined> {
+  return {
+    DATABASE_URL: databaseUrl,
+    TOPIC_PREFIX: undefined,
+    TOPIC_NAMESPACE: undefined,
+    LOG_LEVEL: undefined,
+    ...extra,
+  };
+}
+
 /** Runs a pg2kafka command to completion. */
 export async function runCli(
   args: string[],
@@ -123,4 +141,83 @@ export function useRelays(
       return row?.n ?? -1;
     },
   };
+}
+
+/** A relay event as it arrived on Kafka: where it landed, its key and its value's fields. */
+export interface ArrivedEvent {
+  partition: number;
+  offset: string;
+  key: string | null;
+  uuid: string;
+  statement: string;
+  data: Record<string, unknown>;
+}
+
+export interface Collector {
+  readonly topic: string;
+  /** Every message so far, in arrival order, copies included. */
+  readonly received: ArrivedEvent[];
+  /** Disconnects the consumer; a second call waits for the same disconnect. */
+  stop(): Promise<void>;
+}
+
+/**
+ * A consumer (its own group, from the beginning) that keeps collecting `topic` through
+ * `client` until stopped. Waits first for the topic to exist: the relay may create it.
+ */
+export async function collect(client: Kafka, topic: string): Promise<Collector> {
+  const admin = client.admin();
+  await admin.connect();
+  try {
+    await waitFor(
+      `topic ${topic}`,
+      async () => (await admin.listTopics()).includes(topic),
+      60_000,
+      200,
+    );
+  } finally {
+    await admin.disconnect();
+  }
+  const consumer = client.consumer({
+    groupId: uniqueName('pg2kafka-collect'),
+    allowAutoTopicCreation: false,
+  });
+  const received: ArrivedEvent[] = [];
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => (stopped ??= consumer.disconnect());
+  try {
+    await consumer.connect();
+    await consumer.subscribe({ topics: [topic], fromBeginning: true });
+    await consumer.run({
+      eachMessage: ({ partition, message }) => {
+        const value = JSON.parse(message.value?.toString() ?? '{}') as {
+          uuid: string;
+          statement: string;
+          data: Record<string, unknown>;
+        };
+        received.push({
+          partition,
+          offset: message.offset,
+          key: message.key?.toString() ?? null,
+          uuid: value.uuid,
+          statement: value.statement,
+          data: value.data,
+        });
+        return Promise.resolve();
+      },
+    });
+  } catch (error) {
+    await stop().catch(() => undefined);
+    throw error;
+  }
+  return { topic, received, stop };
+}
+
+/** Drops copies by uuid, keeping first arrivals. */
+export function dedupe<T extends { uuid: string }>(
+  received: readonly T[],
+): { unique: T[]; duplicates: number } {
+  const seen = new Set<string>();
+  const unique = received.filter((r) => !seen.has(r.uuid) && seen.add(r.uuid));
+  return { unique, duplicates: received.length - unique.length };
 }
