@@ -162,12 +162,14 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
 
     // Fix the cause, then retry the first dead letter while a writer keeps changing key 1.
     await setMaxMessageBytes(topic, 1_000_000);
-    const writerUpdates = 200;
+    // The writer goes on until 20 updates after the retry returned (at most 5,000), so the
+    // retry always runs while it writes, however slow the machine.
     let written = 0;
+    const retryState = { done: false, writtenThen: 0 };
     const writer = (async () => {
       const sql = db.connect({ max: 1 });
       try {
-        while (written < writerUpdates) {
+        while (written < 5_000 && (!retryState.done || written < retryState.writtenThen + 20)) {
           await sql.unsafe(`update ${table} set v = v + 1 where id = 1`);
           written += 1;
           await sleep(10);
@@ -180,6 +182,7 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
     const writtenAtRetry = written;
     const retry = await cli(['dead-letters', 'retry', firstId]);
     const writtenAfterRetry = written;
+    Object.assign(retryState, { done: true, writtenThen: written });
     assertSucceeded(retry, 'dead-letters retry');
     const retriedIds = /^(\d+) change\(s\) back in the queue: ([\d, ]+)$/m.exec(retry.stdout);
     assert.ok(retriedIds, `retry output: ${retry.stdout}`);
@@ -193,6 +196,7 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
       `the refused INSERT goes back first: ${retry.stdout}`,
     );
     await writer;
+    const writerUpdates = written;
     assert.ok(writtenAfterRetry < writerUpdates, 'the retry ran while the writer was writing');
 
     // Retries beyond the first: needed only if key 1 was parked again after the retry.
