@@ -106,11 +106,8 @@ export interface RelayOptions {
   maxRequestBytes?: number;
 }
 
-interface Batch {
-  events: QueuedEvent[];
-  /** The read stopped at BATCH_SIZE or BATCH_BYTES: more is likely waiting. */
-  full: boolean;
-}
+/** A batch as read; `full`: the read stopped at BATCH_SIZE or BATCH_BYTES, more is likely waiting. */
+type Batch = Awaited<ReturnType<EventQueue['fetch']>>;
 
 export class Relay {
   readonly holder: string;
@@ -283,16 +280,14 @@ export class Relay {
 
   private read(lease: Lease | undefined, excludeIds: string[] = []): Promise<Batch> {
     const { queue, batchSize, batchBytes, dryRun } = this.options;
-    return queue
-      .fetch({
-        limit: batchSize,
-        maxBytes: batchBytes,
-        lease,
-        skipTables: this.holds.tableOids(),
-        excludeIds,
-        ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
-      })
-      .then(({ events, full }) => ({ events, full }));
+    return queue.fetch({
+      limit: batchSize,
+      maxBytes: batchBytes,
+      lease,
+      skipTables: this.holds.tableOids(),
+      excludeIds,
+      ...(dryRun && this.dryRunAfterId !== undefined ? { afterId: this.dryRunAfterId } : {}),
+    });
   }
 
   /** Ships one batch; says whether it was empty, partial or full. */
