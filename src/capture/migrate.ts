@@ -13,13 +13,12 @@
  * Concurrency: node-pg-migrate holds a session advisory lock (waiting, not failing)
  * while it migrates; the repeatable step runs under a transaction advisory lock.
  */
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runner } from 'node-pg-migrate';
 import postgres from 'postgres';
 import { packageRoot } from '../package-root.ts';
 import { MIGRATION_LOCK, REPEATABLE_SQL_LOCK } from './locks.ts';
+import { readRepeatableScripts } from './schema.ts';
 
 export interface MigrateResult {
   /** Versioned migrations applied by this run. */
@@ -31,25 +30,6 @@ export interface MigrateResult {
 export interface MigrateOptions {
   databaseUrl: string;
   log?: (message: string) => void;
-}
-
-interface RepeatableScripts {
-  files: Array<{ name: string; text: string }>;
-  sha256: string;
-}
-
-function readRepeatableScripts(): RepeatableScripts {
-  const dir = join(packageRoot, 'sql');
-  const names = readdirSync(dir)
-    .filter((n) => n.endsWith('.sql'))
-    .sort();
-  const hash = createHash('sha256');
-  const files = names.map((name) => {
-    const text = readFileSync(join(dir, name), 'utf8');
-    hash.update(name).update('\0').update(text).update('\0');
-    return { name, text };
-  });
-  return { files, sha256: hash.digest('hex') };
 }
 
 export async function migrate({

@@ -1,0 +1,162 @@
+/**
+ * Connections to PostgreSQL, in one place: every command and the relay open their pools
+ * here, so that the connect deadline, TLS and the errors a user sees are the same
+ * everywhere.
+ *
+ * Why a deadline of our own: postgres.js 3.4 retries a connection the server (or a
+ * proxy in front of it) accepts and then closes before answering, at once and forever,
+ * and never rejects the query waiting for it (its connect_timeout restarts with every
+ * attempt). `checkConnection()` bounds the first round trip and names the host.
+ *
+ * Errors are sorted by what the user must do:
+ * - `DatabaseUnreachableError`: nothing answered in time, or the connection was refused.
+ *   A runtime failure (exit 1): the server may come back; the relay waits for it.
+ * - `DatabaseRefusedError`: the server answered and refused this role, password or
+ *   database (SQLSTATE class 28, 3D000). Configuration (exit 2): retrying cannot help.
+ */
+import postgres from 'postgres';
+import { UsageError } from './errors.ts';
+
+/** How long a command waits for PostgreSQL's first answer. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+/** `host:port` (or the socket path) and database of a DATABASE_URL, for messages; never the password. */
+export function describeTarget(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    const host = url.hostname === '' ? '(local socket)' : url.host;
+    const database = decodeURIComponent(url.pathname.replace(/^\//, '')) || '(default)';
+    const user = decodeURIComponent(url.username) || '(default user)';
+    return `PostgreSQL at ${host} (database "${database}", user "${user}")`;
+  } catch {
+    return 'PostgreSQL at DATABASE_URL';
+  }
+}
+
+/** Nothing answered in time, or the connection was refused: exit 1, the server may come back. */
+export class DatabaseUnreachableError extends Error {
+  override readonly name = 'DatabaseUnreachableError';
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The server refused the role, password or database: configuration, exit 2. */
+export class DatabaseRefusedError extends UsageError {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+/** SQLSTATEs that say the connection settings are wrong: retrying cannot help. */
+const REFUSED_SQLSTATE = /^(28...|3D000)$/;
+
+export function isRefusedConnection(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && REFUSED_SQLSTATE.test(code);
+}
+
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'CONNECT_TIMEOUT',
+  'CONNECTION_CLOSED',
+  'CONNECTION_DESTROYED',
+  'ECONNRESET',
+]);
+
+/**
+ * A connection failure turned into an error that names the target and what to check;
+ * any other error is returned as it is.
+ */
+export function explainConnectionError(error: unknown, databaseUrl: string): unknown {
+  if (error instanceof DatabaseUnreachableError || error instanceof DatabaseRefusedError) {
+    return error;
+  }
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string') return error;
+  const target = describeTarget(databaseUrl);
+  const detail = error instanceof Error ? error.message : String(error);
+  if (REFUSED_SQLSTATE.test(code)) {
+    const what =
+      code === '3D000'
+        ? 'the database does not exist: check the database name in DATABASE_URL'
+        : 'check the user and password in DATABASE_URL, and that pg_hba.conf lets this role connect from here';
+    return new DatabaseRefusedError(`${target} refused the connection: ${detail}; ${what}`, code);
+  }
+  if (UNREACHABLE_CODES.has(code)) {
+    const what =
+      code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+        ? 'check the host name in DATABASE_URL'
+        : 'check the host and port in DATABASE_URL, that the server is running and accepts TCP connections from here (listen_addresses, firewall)';
+    return new DatabaseUnreachableError(`cannot reach ${target}: ${detail}; ${what}`, code);
+  }
+  return error;
+}
+
+export interface PoolOptions {
+  /** Connections in the pool (default 1). */
+  max?: number;
+  /** Session settings (application_name, TimeZone, ...). */
+  connection?: Record<string, string | number | boolean>;
+  /** Notices from the server (default: ignored). */
+  onnotice?: (notice: postgres.Notice) => void;
+  /** Column names to camelCase (the relay's pool). */
+  camelCase?: boolean;
+  idleTimeoutS?: number;
+  maxLifetimeS?: number;
+}
+
+/** A postgres.js pool with pg2kafka's defaults; the first query is not bounded: see checkConnection(). */
+export function openPool(databaseUrl: string, options: PoolOptions = {}): postgres.Sql {
+  return postgres(databaseUrl, {
+    max: options.max ?? 1,
+    connect_timeout: CONNECT_TIMEOUT_MS / 1000,
+    ...(options.idleTimeoutS === undefined ? {} : { idle_timeout: options.idleTimeoutS }),
+    ...(options.maxLifetimeS === undefined ? {} : { max_lifetime: options.maxLifetimeS }),
+    ...(options.connection ? { connection: options.connection } : {}),
+    ...(options.camelCase ? { transform: { column: { from: postgres.toCamel } } } : {}),
+    onnotice: options.onnotice ?? (() => undefined),
+  });
+}
+
+/**
+ * One round trip within `timeoutMs`, or a DatabaseUnreachableError / DatabaseRefusedError
+ * naming the target. On timeout the pool's connections are closed, so nothing keeps
+ * retrying in the background.
+ */
+export async function checkConnection(
+  sql: postgres.Sql,
+  databaseUrl: string,
+  timeoutMs = CONNECT_TIMEOUT_MS,
+): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(
+        new DatabaseUnreachableError(
+          `no answer from ${describeTarget(databaseUrl)} within ${timeoutMs / 1000} s; check the host and port in DATABASE_URL, that the server is running and accepts TCP connections from here (listen_addresses, firewall)`,
+          'CONNECT_TIMEOUT',
+        ),
+      );
+    }, timeoutMs);
+  });
+  try {
+    await Promise.race([sql`select 1`, deadline]);
+  } catch (error) {
+    if (error instanceof DatabaseUnreachableError) await sql.end({ timeout: 0 });
+    throw explainConnectionError(error, databaseUrl);
+  } finally {
+    clearTimeout(timer);
+  }
+}
