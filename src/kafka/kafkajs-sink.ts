@@ -36,6 +36,9 @@ import {
 const ACK_TIMEOUT_MS = 5_000;
 /** Partition counts are re-read this often (kafkajs's own metadata age), and after errors. */
 const METADATA_MAX_AGE_MS = 300_000;
+/** How long a new topic may take until its partitions are served (see untilServed). */
+const TOPIC_READY_TIMEOUT_MS = 10_000;
+const TOPIC_READY_POLL_MS = 100;
 
 function saslOptions(config: Config): SASLOptions | undefined {
   const { sasl } = config;
@@ -51,14 +54,20 @@ function saslOptions(config: Config): SASLOptions | undefined {
   }
 }
 
-/** Routes kafkajs's own log lines into pino, one level down: kafkajs is loud about retries. */
+/**
+ * Routes kafkajs's own log lines into pino, at debug whatever their kafkajs level. Every
+ * failure they describe also reaches the relay as the error of a send, which the relay
+ * logs once per retry; at warn they added several lines to every attempt (connection
+ * errors, "failed to connect to seed broker", kafkajs's own retries) and made the normal
+ * "no leader yet" of a new topic look like a fault. `kafkaLevel` keeps what kafkajs thought of the line.
+ */
 function kafkaLogCreator(logger: Logger) {
   return () =>
-    ({ level, log }: LogEntry): void => {
-      const { message, ...fields } = log;
-      if (level <= KafkaLogLevel.ERROR) logger.warn(fields, message);
-      else if (level === KafkaLogLevel.WARN) logger.info(fields, message);
-      else logger.debug(fields, message);
+    ({ namespace, level, log }: LogEntry): void => {
+      const fields: Record<string, unknown> = { ...log };
+      // pino stamps the time and writes the message; the component says kafkajs wrote it.
+      for (const key of ['timestamp', 'logger', 'message']) Reflect.deleteProperty(fields, key);
+      logger.debug({ namespace, kafkaLevel: KafkaLogLevel[level], ...fields }, log.message);
     };
 }
 
@@ -97,7 +106,8 @@ export function createKafka(config: Config, logger: Logger): Kafka {
     connectionTimeout: 3000,
     requestTimeout: ACK_TIMEOUT_MS + 2_500,
     retry: { retries: 1, initialRetryTime: 100, maxRetryTime: 1000 },
-    logLevel: KafkaLogLevel.WARN,
+    // kafkajs's warnings and errors, at debug (see kafkaLogCreator); nothing below debug.
+    logLevel: logger.isLevelEnabled('debug') ? KafkaLogLevel.WARN : KafkaLogLevel.NOTHING,
     logCreator: kafkaLogCreator(logger.child({ component: 'kafkajs' })),
   });
 }
@@ -149,8 +159,7 @@ export class KafkajsSink implements EventSink {
     const problems: TopicProblem[] = [];
     for (const topic of missing) {
       try {
-        await this.admin.createTopics({
-          waitForLeaders: true,
+        const created = await this.admin.createTopics({
           topics: [
             {
               topic,
@@ -159,7 +168,10 @@ export class KafkajsSink implements EventSink {
             },
           ],
         });
-        this.logger.info({ topic }, 'created topic');
+        // False: it exists already (another relay, or an attempt that failed after creating it).
+        if (created) this.logger.info({ topic }, 'created topic');
+        else this.logger.debug({ topic }, 'topic exists already');
+        await this.untilServed(topic);
         this.knownTopics.add(topic);
       } catch (error) {
         const reason = permanentTopicProblem(error);
@@ -172,6 +184,32 @@ export class KafkajsSink implements EventSink {
       }
     }
     return problems;
+  }
+
+  /**
+   * Waits until every partition of a topic just created is served by its leader. The
+   * controller answers CreateTopics (and Metadata may list leaders) before the brokers
+   * host the partitions: a produce request then fails with UNKNOWN_TOPIC_OR_PARTITION or
+   * NOT_LEADER_OR_FOLLOWER, normal for a new topic but logged as a failure. ListOffsets is
+   * answered by the same partition leaders as Produce, so its success means they are
+   * ready. After TOPIC_READY_TIMEOUT_MS the relay simply goes on: a send that is refused
+   * then holds the topic back and is retried like any other.
+   */
+  private async untilServed(topic: string): Promise<void> {
+    const deadline = performance.now() + TOPIC_READY_TIMEOUT_MS;
+    for (;;) {
+      try {
+        await this.admin.fetchTopicOffsets(topic);
+        return;
+      } catch (error) {
+        if (!classifyKafkaError(error).retriable) throw error;
+        if (performance.now() > deadline) {
+          this.logger.debug({ topic, err: error }, 'new topic not served yet: sending anyway');
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, TOPIC_READY_POLL_MS));
+      }
+    }
   }
 
   /** Partitions of a topic, re-read after METADATA_MAX_AGE_MS or after a refusal. */
