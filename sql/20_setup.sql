@@ -17,7 +17,72 @@
 -- (Copying very large tables in chunks without holding the lock comes later; the
 -- registry row is where its progress will be kept.)
 
--- Takes `mode` on `tbl`, retrying lock timeouts; raises lock_not_available when it cannot.
+-- Who stands in the way of `mode` on `tbl` (or on one of its partitions or inheritance
+-- children, which LOCK TABLE takes too): one entry per session holding, or queued ahead
+-- for, a conflicting lock, with its application, user, state and transaction age. Run
+-- right after a lock timeout, so the session is usually still there. Without
+-- pg_read_all_stats the caller sees state and age only for its own role's sessions.
+CREATE OR REPLACE FUNCTION pg2kafka.lock_holders(tbl regclass, mode text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH RECURSIVE tree(relid) AS (
+    SELECT tbl::oid
+    UNION
+    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+  ),
+  conflicting AS (
+    SELECT l.pid, l.granted, l.virtualtransaction,
+           -- 'RowExclusiveLock' -> 'ROW EXCLUSIVE', as LOCK TABLE names it.
+           upper(regexp_replace(regexp_replace(l.mode, 'Lock$', ''), '([a-z])([A-Z])', '\1 \2', 'g'))
+             || ' on ' || l.relation::regclass::text AS what
+    FROM pg_locks l
+    WHERE l.locktype = 'relation'
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.relation IN (SELECT relid FROM tree)
+      AND l.pid IS DISTINCT FROM pg_backend_pid()
+      -- Qualified: a bare "mode" would be pg_locks.mode.
+      AND l.mode = ANY (CASE lock_holders.mode
+        WHEN 'ACCESS EXCLUSIVE' THEN ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock',
+          'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock']
+        ELSE ARRAY['RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock',
+          'ExclusiveLock', 'AccessExclusiveLock']
+      END)
+  ),
+  sessions AS (
+    SELECT c.pid, min(c.virtualtransaction) AS vxid, bool_or(c.granted) AS holds,
+           string_agg(DISTINCT c.what, ', ') AS what
+    FROM conflicting c
+    GROUP BY c.pid
+  )
+  SELECT coalesce(
+    string_agg(
+      CASE WHEN s.pid IS NULL
+        THEN format('a prepared transaction (virtual transaction %s) %s %s', s.vxid,
+                    CASE WHEN s.holds THEN 'holds' ELSE 'waits for' END, s.what)
+        ELSE format('pid %s (application "%s", user "%s") %s %s%s', s.pid, a.application_name,
+                    a.usename, CASE WHEN s.holds THEN 'holds' ELSE 'waits for' END, s.what,
+                    CASE
+                      WHEN a.state IS NULL THEN ' (its state is visible only with pg_read_all_stats)'
+                      ELSE format(', %s%s', a.state,
+                        CASE WHEN a.xact_start IS NULL THEN '' ELSE ', transaction open for ' || (
+                          SELECT CASE WHEN secs < 120 THEN round(secs)::text || ' s'
+                                      WHEN secs < 7200 THEN round(secs / 60)::text || ' min'
+                                      ELSE round(secs / 3600, 1)::text || ' h' END
+                          FROM (SELECT extract(epoch FROM clock_timestamp() - a.xact_start) AS secs) age)
+                        END)
+                    END)
+      END,
+      '; ' ORDER BY s.holds DESC, a.xact_start NULLS LAST),
+    'the session that held the conflicting lock has finished since')
+  FROM sessions s
+  LEFT JOIN pg_stat_activity a ON a.pid = s.pid
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.lock_holders(regclass, text) FROM PUBLIC;
+
+-- Takes `mode` on `tbl`, retrying lock timeouts; raises lock_not_available when it cannot,
+-- naming the sessions in the way (DETAIL).
 CREATE OR REPLACE FUNCTION pg2kafka.lock_table(tbl regclass, mode text, attempts int DEFAULT 20)
 RETURNS void
 LANGUAGE plpgsql
@@ -34,9 +99,10 @@ BEGIN
       RETURN;
     EXCEPTION WHEN lock_not_available THEN
       IF attempt = attempts THEN
-        RAISE EXCEPTION 'pg2kafka: could not lock table % in % mode after % attempts', tbl, mode, attempts
+        RAISE EXCEPTION 'could not lock table % in % mode after % attempts', tbl, mode, attempts
           USING ERRCODE = 'lock_not_available',
-                HINT = 'Long-running transactions are using the table; retry when they have finished.';
+                DETAIL = pg2kafka.lock_holders(tbl, mode) || '.',
+                HINT = 'Retry when that transaction has finished. A session left idle in transaction can be ended with SELECT pg_terminate_backend(pid).';
       END IF;
       PERFORM pg_sleep(0.05 + random() * 0.25);
     END;
@@ -103,6 +169,7 @@ DECLARE
   problem text;
   registered pg2kafka.tracked_tables;
   qualified text;
+  near_match name;
   snapshot_count bigint;
 BEGIN
   IF table_name_ref IS NULL OR external_id_name IS NULL OR full_row IS NULL THEN
@@ -157,12 +224,32 @@ BEGIN
   FROM pg_attribute a
   WHERE a.attrelid = table_name_ref AND a.attname = external_id_name AND a.attnum > 0 AND NOT a.attisdropped;
   IF NOT FOUND THEN
+    -- The name is matched exactly; a column that differs only in case, or the name given
+    -- in SQL double quotes, is probably what was meant.
+    SELECT a.attname INTO near_match
+    FROM pg_attribute a
+    WHERE a.attrelid = table_name_ref AND a.attnum > 0 AND NOT a.attisdropped
+      AND (lower(a.attname) = lower(external_id_name) OR format('%I', a.attname) = external_id_name)
+    ORDER BY a.attnum
+    LIMIT 1;
     RAISE EXCEPTION 'column "%" does not exist in table %', external_id_name, qualified
       USING ERRCODE = 'undefined_column',
-            HINT = 'The second argument names the column whose value becomes the Kafka message key, for example the primary key.';
+            HINT = CASE
+              WHEN near_match IS NOT NULL THEN format(
+                'Did you mean "%s"? The column name is matched exactly, case included, and given without SQL quotes.', near_match)
+              ELSE 'The second argument names the column whose value becomes the Kafka message key, for example the primary key.'
+            END;
   END IF;
 
   SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref;
+  -- Another key would change the message key of every later event: refuse, never ignore.
+  IF FOUND AND registered.capturing AND registered.external_id_column <> external_id_name THEN
+    RAISE EXCEPTION '% is already set up with external id column "%", not "%"; nothing was changed',
+      qualified, registered.external_id_column, external_id_name
+      USING ERRCODE = 'duplicate_object',
+            HINT = format('To change the external id column, tear it down first: SELECT pg2kafka.teardown(%L); then SELECT pg2kafka.setup(%L, %L);',
+                          qualified, qualified, external_id_name);
+  END IF;
   IF FOUND AND registered.capturing THEN
     RAISE WARNING 'pg2kafka: % is already set up (external id column "%"); nothing was changed',
       qualified, registered.external_id_column
@@ -171,7 +258,7 @@ BEGIN
   END IF;
   IF FOUND AND (registered.external_id_column <> external_id_name OR registered.full_row <> full_row)
      AND EXISTS (SELECT 1 FROM pg2kafka.captured_changes q WHERE q.table_oid = table_name_ref) THEN
-    RAISE EXCEPTION 'pg2kafka: % still has queued events captured with external id column "%"%',
+    RAISE EXCEPTION '% still has queued events captured with external id column "%"%',
       qualified, registered.external_id_column, CASE WHEN registered.full_row THEN ' in full-row mode' ELSE '' END
       USING ERRCODE = 'object_in_use',
             HINT = 'Let the relay ship them first (pg2kafka status shows the queue), then call setup again.';

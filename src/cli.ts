@@ -3,21 +3,17 @@
  * The `pg2kafka` command line. Each command lives in `src/commands/<name>.ts` and exports
  * a function usable from code; this file parses arguments, loads `.env` (the real
  * environment wins), and maps failures to exit codes: 0 success, 2 bad usage or
- * configuration, 1 runtime failure.
+ * configuration (UsageError and its kinds: a refused role or database, a missing
+ * schema), 1 runtime failure (anything else, such as a host that does not answer).
+ *
+ * Start-up cost: this file imports only what parses arguments and configuration. A
+ * command's module, and with it postgres.js, pino, kafkajs or node-pg-migrate, is loaded
+ * with import() when that command runs; `--version` and `--help` load none of them, nor
+ * dotenv.
  */
-import { config as loadDotenv } from 'dotenv';
-import {
-  deadLettersCommand,
-  deadLettersHelp,
-  parseDeadLettersArgs,
-} from './commands/dead-letters.ts';
-import { migrateCommand, migrateHelp } from './commands/migrate.ts';
-import { relayCommand, relayHelp } from './commands/relay.ts';
-import { setupCommand, setupHelp, teardownCommand, teardownHelp } from './commands/setup.ts';
-import { formatStatus, statusCommand, statusHelp } from './commands/status.ts';
 import { environmentHelp, parseConfig, redactUrl } from './config.ts';
 import { UsageError } from './errors.ts';
-import { createLogger } from './logger.ts';
+import type { Logger } from './logger.ts';
 import { packageVersion } from './package-root.ts';
 
 export function helpText(): string {
@@ -72,7 +68,117 @@ function expectArgs(command: string, positional: string[], count: number, usage:
   }
 }
 
-export async function main(argv: string[], env: Env): Promise<number> {
+const printWarnings = (warnings: string[]): void => {
+  for (const warning of warnings) process.stderr.write(`warning: ${warning}\n`);
+};
+
+async function createLogger(level: string): Promise<Logger> {
+  return (await import('./logger.ts')).createLogger(level);
+}
+
+interface Command {
+  /** The command's --help text (loads its module). */
+  help(): Promise<string>;
+  /** Runs the command; resolves to its exit code. */
+  run(args: string[], env: Env): Promise<number>;
+}
+
+/** Every command, loaded on demand. Arguments and configuration are checked before loading. */
+const COMMANDS: Record<string, Command> = {
+  relay: {
+    help: async () => (await import('./commands/relay.ts')).relayHelp,
+    run: async (args, env) => {
+      expectArgs('relay', splitArgs(args, []).positional, 0, 'no arguments');
+      const config = parseConfig(env);
+      const { relayCommand } = await import('./commands/relay.ts');
+      return relayCommand(config, await createLogger(config.logLevel));
+    },
+  },
+  migrate: {
+    help: async () => (await import('./commands/migrate.ts')).migrateHelp,
+    run: async (args, env) => {
+      expectArgs('migrate', splitArgs(args, []).positional, 0, 'no arguments');
+      const config = parseConfig(env, { needsKafka: false });
+      const { migrateCommand } = await import('./commands/migrate.ts');
+      await migrateCommand(config.databaseUrl, await createLogger(config.logLevel));
+      return 0;
+    },
+  },
+  setup: {
+    help: async () => (await import('./commands/setup.ts')).setupHelp,
+    run: async (args, env) => {
+      const { positional, flags } = splitArgs(args, ['--full-row']);
+      expectArgs('setup', positional, 2, '<table> <external-id-column>');
+      const [table = '', column = ''] = positional;
+      const config = parseConfig(env, { needsKafka: false });
+      const { setupCommand } = await import('./commands/setup.ts');
+      const result = await setupCommand(config, table, column, flags.has('--full-row'));
+      printWarnings(result.warnings);
+      process.stdout.write(
+        result.changed
+          ? `capturing ${result.table} (topic ${result.topic}): ${result.snapshotRows} existing row(s) queued as SNAPSHOT events\n`
+          : `already capturing ${result.table} (topic ${result.topic}, key ${result.externalIdColumn}): nothing changed, nothing queued\n`,
+      );
+      return 0;
+    },
+  },
+  teardown: {
+    help: async () => (await import('./commands/setup.ts')).teardownHelp,
+    run: async (args, env) => {
+      const { positional } = splitArgs(args, []);
+      expectArgs('teardown', positional, 1, '<table>');
+      const config = parseConfig(env, { needsKafka: false });
+      const { teardownCommand } = await import('./commands/setup.ts');
+      const result = await teardownCommand(config, positional[0] ?? '');
+      printWarnings(result.warnings);
+      if (result.changed)
+        process.stdout.write(
+          `stopped capturing ${result.table}; queued events will still be shipped\n`,
+        );
+      return 0;
+    },
+  },
+  status: {
+    help: async () => (await import('./commands/status.ts')).statusHelp,
+    run: async (args, env) => {
+      const { positional, flags } = splitArgs(args, ['--json']);
+      expectArgs('status', positional, 0, 'no arguments');
+      const config = parseConfig(env, { needsKafka: false });
+      const { formatStatus, statusCommand } = await import('./commands/status.ts');
+      const warnings: string[] = [];
+      const status = await statusCommand(config, warnings);
+      printWarnings(warnings);
+      process.stdout.write(
+        flags.has('--json') ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status),
+      );
+      return 0;
+    },
+  },
+  'dead-letters': {
+    help: async () => (await import('./commands/dead-letters.ts')).deadLettersHelp,
+    run: async (args, env) => {
+      const { deadLettersCommand, parseDeadLettersArgs } =
+        await import('./commands/dead-letters.ts');
+      const action = parseDeadLettersArgs(args);
+      const config = parseConfig(env, { needsKafka: false });
+      const warnings: string[] = [];
+      const output = await deadLettersCommand(config, action, warnings);
+      printWarnings(warnings);
+      process.stdout.write(output);
+      return 0;
+    },
+  },
+};
+
+/**
+ * Runs the command line `argv`. `loadEnvFile` is called once a command (not help or the
+ * version) is about to read `env`.
+ */
+export async function main(
+  argv: string[],
+  env: Env,
+  loadEnvFile: () => Promise<void> = () => Promise.resolve(),
+): Promise<number> {
   const [first, ...rest] = argv;
   if (first === '-h' || first === '--help' || first === 'help') {
     process.stdout.write(helpText());
@@ -82,80 +188,17 @@ export async function main(argv: string[], env: Env): Promise<number> {
     process.stdout.write(`${packageVersion}\n`);
     return 0;
   }
-  const command = first ?? 'relay';
+  const name = first ?? 'relay';
   const args = first === undefined ? [] : rest;
-  const wantsHelp = args.includes('--help') || args.includes('-h');
-  const helps: Record<string, string> = {
-    relay: relayHelp,
-    migrate: migrateHelp,
-    setup: setupHelp,
-    teardown: teardownHelp,
-    status: statusHelp,
-    'dead-letters': deadLettersHelp,
-  };
-  const help = helps[command];
-  if (help === undefined)
-    throw new UsageError(`unknown command "${command}". Run pg2kafka --help for the list.`);
-  if (wantsHelp) {
-    process.stdout.write(help);
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (command === undefined)
+    throw new UsageError(`unknown command "${name}". Run pg2kafka --help for the list.`);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(await command.help());
     return 0;
   }
-
-  switch (command) {
-    case 'relay': {
-      expectArgs('relay', splitArgs(args, []).positional, 0, 'no arguments');
-      const config = parseConfig(env);
-      return relayCommand(config, createLogger(config.logLevel));
-    }
-    case 'migrate': {
-      expectArgs('migrate', splitArgs(args, []).positional, 0, 'no arguments');
-      const config = parseConfig(env, { needsKafka: false });
-      await migrateCommand(config.databaseUrl, createLogger(config.logLevel));
-      return 0;
-    }
-    case 'setup': {
-      const { positional, flags } = splitArgs(args, ['--full-row']);
-      expectArgs('setup', positional, 2, '<table> <external-id-column>');
-      const [table = '', column = ''] = positional;
-      const config = parseConfig(env, { needsKafka: false });
-      const result = await setupCommand(config, table, column, flags.has('--full-row'));
-      for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`);
-      process.stdout.write(
-        `capturing ${result.table} (topic ${result.topic}): ${result.snapshotRows} existing row(s) queued as SNAPSHOT events\n`,
-      );
-      return 0;
-    }
-    case 'teardown': {
-      const { positional } = splitArgs(args, []);
-      expectArgs('teardown', positional, 1, '<table>');
-      const config = parseConfig(env, { needsKafka: false });
-      const result = await teardownCommand(config, positional[0] ?? '');
-      for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`);
-      if (result.warnings.length === 0)
-        process.stdout.write(
-          `stopped capturing ${result.table}; queued events will still be shipped\n`,
-        );
-      return 0;
-    }
-    case 'status': {
-      const { positional, flags } = splitArgs(args, ['--json']);
-      expectArgs('status', positional, 0, 'no arguments');
-      const config = parseConfig(env, { needsKafka: false });
-      const status = await statusCommand(config);
-      process.stdout.write(
-        flags.has('--json') ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status),
-      );
-      return 0;
-    }
-    case 'dead-letters': {
-      const action = parseDeadLettersArgs(args);
-      const config = parseConfig(env, { needsKafka: false });
-      process.stdout.write(await deadLettersCommand(config, action));
-      return 0;
-    }
-    default:
-      throw new UsageError(`unknown command "${command}"`);
-  }
+  await loadEnvFile();
+  return command.run(args, env);
 }
 
 /** An error message safe to print: a database URL it may contain loses its password. */
@@ -165,14 +208,18 @@ function safeMessage(error: unknown, env: Env): string {
   return url ? message.split(url).join(redactUrl(url)) : message;
 }
 
-loadDotenv({ quiet: true });
-main(process.argv.slice(2), process.env).then(
+const loadDotenv = async (): Promise<void> => {
+  (await import('dotenv')).config({ quiet: true });
+};
+
+main(process.argv.slice(2), process.env, loadDotenv).then(
   (code) => {
     process.exitCode = code;
   },
   (error: unknown) => {
     if (error instanceof UsageError) {
-      process.stderr.write(`pg2kafka: ${error.problems.join('\npg2kafka: ')}\n`);
+      const problems = error.problems.map((p) => safeMessage(new Error(p), process.env));
+      process.stderr.write(`pg2kafka: ${problems.join('\npg2kafka: ')}\n`);
       process.exitCode = 2;
       return;
     }

@@ -8,8 +8,10 @@
  * changed and the missing ids are reported (the function runs, then its transaction is
  * rolled back).
  */
-import postgres from 'postgres';
+import type postgres from 'postgres';
+import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
+import { checkConnection, openPool } from '../database.ts';
 import { UsageError } from '../errors.ts';
 
 export const deadLettersHelp = `Usage: pg2kafka dead-letters [list] [--json] [--table <table>]
@@ -86,37 +88,26 @@ export interface DiscardResult {
   stillParked: number[];
 }
 
-function connect(config: Config): postgres.Sql {
-  return postgres(config.databaseUrl, {
-    max: 1,
-    connect_timeout: 10,
-    onnotice: () => undefined,
-  });
-}
-
+/**
+ * Runs `run` on a connection checked first: PostgreSQL reachable within the connect
+ * deadline (else DatabaseUnreachableError / DatabaseRefusedError) and the pg2kafka schema
+ * of this version installed (else SchemaError, which says to run pg2kafka migrate). What
+ * the schema check says but does not refuse goes to `warnings`.
+ */
 async function withConnection<T>(
   config: Config,
+  warnings: string[] | undefined,
   run: (sql: postgres.Sql) => Promise<T>,
 ): Promise<T> {
-  const sql = connect(config);
+  const sql = openPool(config.databaseUrl, {
+    connection: { application_name: 'pg2kafka dead-letters' },
+  });
   try {
+    await checkConnection(sql, config.databaseUrl);
+    warnings?.push(...(await checkSchema(sql)).warnings);
     return await run(sql);
   } finally {
     await sql.end({ timeout: 2 });
-  }
-}
-
-/** UsageError unless the schema has the dead letters table (and, for retry/discard, its functions). */
-async function checkMigrated(sql: postgres.Sql, needsFunctions: boolean): Promise<void> {
-  const [row] = await sql<{ table: boolean; functions: boolean }[]>`
-    select to_regclass('pg2kafka.dead_letters') is not null as table,
-           to_regprocedure('pg2kafka.retry_dead_letters(bigint[])') is not null
-             and to_regprocedure('pg2kafka.discard_dead_letters(bigint[])') is not null
-             and to_regprocedure('pg2kafka.dead_letter_group(bigint[])') is not null as functions`;
-  if (!row?.table || (needsFunctions && !row.functions)) {
-    throw new UsageError(
-      'this database has no pg2kafka.dead_letters table (pg2kafka is not installed, or was migrated by an older version): run pg2kafka migrate',
-    );
   }
 }
 
@@ -190,13 +181,15 @@ interface DeadLetterRow {
   payload?: string | null;
 }
 
-/** The dead letters, oldest id first; `table` keeps one table's (current or, once dropped, former name). */
+/**
+ * The dead letters, oldest id first; `table` keeps one table's (current or, once dropped,
+ * former name). `warnings` gets what the schema check says but does not refuse.
+ */
 export async function listDeadLetters(
   config: Config,
-  options: { table?: string; payload?: boolean } = {},
+  options: { table?: string; payload?: boolean; warnings?: string[] } = {},
 ): Promise<DeadLetter[]> {
-  return withConnection(config, async (sql) => {
-    await checkMigrated(sql, false);
+  return withConnection(config, options.warnings, async (sql) => {
     let filter = sql`true`;
     if (options.table !== undefined) {
       const { table } = options;
@@ -277,9 +270,9 @@ const idsArgument = (selection: DeadLetterSelection): string[] | null =>
 export async function retryDeadLetters(
   config: Config,
   selection: DeadLetterSelection,
+  warnings: string[] = [],
 ): Promise<RetryResult> {
-  return withConnection(config, async (sql) => {
-    await checkMigrated(sql, true);
+  return withConnection(config, warnings, async (sql) => {
     return sql.begin(async (tx) => {
       const rows = await tx<{ id: string }[]>`
         select id::text as id from pg2kafka.retry_dead_letters(${idsArgument(selection)}::bigint[]) as id`;
@@ -299,9 +292,9 @@ export async function retryDeadLetters(
 export async function discardDeadLetters(
   config: Config,
   selection: DeadLetterSelection,
+  warnings: string[] = [],
 ): Promise<DiscardResult> {
-  return withConnection(config, async (sql) => {
-    await checkMigrated(sql, true);
+  return withConnection(config, warnings, async (sql) => {
     return sql.begin(async (tx) => {
       // The parked dead letters of the same keys, read before they are dropped: they stay.
       const group =
@@ -388,15 +381,17 @@ export function formatDiscard(result: DiscardResult): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Runs a parsed `pg2kafka dead-letters` command; returns what it prints. */
+/** Runs a parsed `pg2kafka dead-letters` command; returns what it prints (warnings aside). */
 export async function deadLettersCommand(
   config: Config,
   action: DeadLettersAction,
+  warnings: string[] = [],
 ): Promise<string> {
   switch (action.action) {
     case 'list': {
       const options = {
         payload: action.json,
+        warnings,
         ...(action.table === undefined ? {} : { table: action.table }),
       };
       const deadLetters = await listDeadLetters(config, options);
@@ -405,8 +400,8 @@ export async function deadLettersCommand(
         : formatDeadLetters(deadLetters);
     }
     case 'retry':
-      return formatRetry(await retryDeadLetters(config, action.selection));
+      return formatRetry(await retryDeadLetters(config, action.selection, warnings));
     case 'discard':
-      return formatDiscard(await discardDeadLetters(config, action.selection));
+      return formatDiscard(await discardDeadLetters(config, action.selection, warnings));
   }
 }

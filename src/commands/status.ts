@@ -1,6 +1,7 @@
 /** `pg2kafka status`: what is tracked, how much is queued, whether a relay is active. */
-import postgres from 'postgres';
+import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
+import { checkConnection, openPool } from '../database.ts';
 
 export const statusHelp = `Usage: pg2kafka status [--json]
 
@@ -12,11 +13,8 @@ whether a relay is active (and which one). --json prints the same as JSON.
 export interface Status {
   relay: { active: boolean; holder: string | null; expiresInMs: number | null };
   queue: { events: number; oldestAgeSeconds: number | null };
-  /**
-   * Events set aside in pg2kafka.dead_letters, and the distinct (table, key) pairs they
-   * park. Null when the schema has no dead letters table yet (run pg2kafka migrate).
-   */
-  deadLetters: { total: number; parkedKeys: number } | null;
+  /** Events set aside in pg2kafka.dead_letters, and the distinct (table, key) pairs they park. */
+  deadLetters: { total: number; parkedKeys: number };
   tables: Array<{
     table: string;
     externalIdColumn: string;
@@ -29,13 +27,18 @@ export interface Status {
   }>;
 }
 
-export async function statusCommand(config: Config): Promise<Status> {
-  const sql = postgres(config.databaseUrl, {
-    max: 1,
-    connect_timeout: 10,
-    onnotice: () => undefined,
+/**
+ * Reads the status. Throws DatabaseUnreachableError / DatabaseRefusedError when PostgreSQL
+ * cannot be reached or refuses, SchemaError when the pg2kafka schema is missing or old;
+ * `warnings` gets what is worth saying but not fatal (a newer schema).
+ */
+export async function statusCommand(config: Config, warnings: string[] = []): Promise<Status> {
+  const sql = openPool(config.databaseUrl, {
+    connection: { application_name: 'pg2kafka status' },
   });
   try {
+    await checkConnection(sql, config.databaseUrl);
+    warnings.push(...(await checkSchema(sql)).warnings);
     const [lease] = await sql<
       { active: boolean; holder: string | null; expires_in_ms: number | null }[]
     >`
@@ -71,21 +74,16 @@ export async function statusCommand(config: Config): Promise<Status> {
       ) q on q.table_oid = t.table_oid
       where t.capturing or q.queued > 0
       order by 1`;
-    const [hasDeadLetters] = await sql<{ exists: boolean }[]>`
-      select to_regclass('pg2kafka.dead_letters') is not null as exists`;
-    let deadLetters: Status['deadLetters'] = null;
-    if (hasDeadLetters?.exists) {
-      const [counts] = await sql<{ total: string; parked_keys: string }[]>`
-        select (select count(*) from pg2kafka.dead_letters)::text as total,
-               (select count(*) from (
-                  select distinct d.table_oid, k
-                  from pg2kafka.dead_letters d, unnest(d.keys) k
-                  where d.parked) p)::text as parked_keys`;
-      deadLetters = {
-        total: Number(counts?.total ?? 0),
-        parkedKeys: Number(counts?.parked_keys ?? 0),
-      };
-    }
+    const [counts] = await sql<{ total: string; parked_keys: string }[]>`
+      select (select count(*) from pg2kafka.dead_letters)::text as total,
+             (select count(*) from (
+                select distinct d.table_oid, k
+                from pg2kafka.dead_letters d, unnest(d.keys) k
+                where d.parked) p)::text as parked_keys`;
+    const deadLetters = {
+      total: Number(counts?.total ?? 0),
+      parkedKeys: Number(counts?.parked_keys ?? 0),
+    };
     const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
     const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
     return {
@@ -112,7 +110,6 @@ export async function statusCommand(config: Config): Promise<Status> {
 }
 
 function formatDeadLetterCounts(deadLetters: Status['deadLetters']): string {
-  if (deadLetters === null) return 'dead letters: no dead letters table (run pg2kafka migrate)';
   if (deadLetters.total === 0) return 'dead letters: none';
   return `dead letters: ${deadLetters.total}, parking ${deadLetters.parkedKeys} key(s) (list them with: pg2kafka dead-letters)`;
 }
