@@ -81,27 +81,40 @@ $$;
 -- the same keys (NULL ids: all of them). A change the relay parks while this runs either
 -- moved before (then it is part of the group and goes back too) or checks its key after
 -- this commits (then it is not parked any more and stays queued behind the retried ones).
+-- The ids are below the queue floor, up to which the relay reads nothing (the relay may
+-- have raised it past them once they left the queue): the floor is lowered to the lowest
+-- one in this transaction, so a fetch sees the rows and the lowered floor together. A
+-- concurrent raise either locked the lease row first (this UPDATE waits, then lowers
+-- what it raised) or waits for this commit and then sees the rows (src/relay/floor.ts).
 -- Returns the ids put back.
 CREATE OR REPLACE FUNCTION pg2kafka.retry_dead_letters(ids bigint[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  back_ids bigint[];
 BEGIN
   LOCK TABLE pg2kafka.dead_letters IN EXCLUSIVE MODE;
-  RETURN QUERY
   WITH back AS (
     DELETE FROM pg2kafka.dead_letters d
     WHERE ids IS NULL OR d.id IN (SELECT pg2kafka.dead_letter_group(ids))
     RETURNING d.id, d.table_oid, d.statement, d.new_row, d.old_row, d.created_at
+  ), put AS (
+    INSERT INTO pg2kafka.captured_changes (id, table_oid, statement, new_row, old_row, created_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT b.id, b.table_oid, b.statement, b.new_row, b.old_row, b.created_at FROM back b
+    ORDER BY b.id
+    RETURNING id
   )
-  INSERT INTO pg2kafka.captured_changes (id, table_oid, statement, new_row, old_row, created_at)
-  OVERRIDING SYSTEM VALUE
-  SELECT b.id, b.table_oid, b.statement, b.new_row, b.old_row, b.created_at FROM back b
-  ORDER BY b.id
-  RETURNING id;
+  SELECT array_agg(put.id ORDER BY put.id) INTO back_ids FROM put;
+  IF back_ids IS NULL THEN
+    RETURN;
+  END IF;
+  UPDATE pg2kafka.relay_lease SET queue_floor = least(queue_floor, back_ids[1]);
   -- The rows bypass the capture triggers: wake a sleeping relay as they would.
   PERFORM pg_notify('pg2kafka_events', '');
+  RETURN QUERY SELECT unnest(back_ids);
 END
 $$;
 

@@ -16,9 +16,14 @@
  *   clock): a relay that lost leadership can neither read a batch nor delete one.
  * - Tables whose topic cannot be used are skipped by oid, so their events wait in the
  *   queue while other tables keep flowing.
+ * - The fetch starts at the queue floor (floor.ts): every id below it is final and gone,
+ *   so it does not walk the index entries of deleted rows that a long transaction
+ *   elsewhere keeps from being vacuumed. The floor is read in the same statement as the
+ *   rows, so a retry that put rows back and lowered it is seen whole or not at all.
  */
 import type postgres from 'postgres';
 import { EventBuilder, type CapturedChange, type QueuedEvent } from './events.ts';
+import { QueueFloor } from './floor.ts';
 
 export type { QueuedEvent };
 
@@ -29,8 +34,12 @@ export interface Lease {
 
 export class EventQueue {
   private readonly events = new EventBuilder();
+  /** The floor the fetch starts at, and how the relay raises it. */
+  readonly floor: QueueFloor;
 
-  constructor(private readonly sql: postgres.Sql) {}
+  constructor(private readonly sql: postgres.Sql) {
+    this.floor = new QueueFloor(sql);
+  }
 
   /**
    * The next batch of visible events in shipping order (id, part). With a lease, returns
@@ -76,6 +85,9 @@ export class EventQueue {
           from pg2kafka.captured_changes c
           where c.table_oid <> all(${skipTables}::oid[])
             and c.id <> all(${excludeIds}::int8[])
+            -- An index range scan from the floor (an InitPlan parameter), not from the
+            -- lowest entry: what lies below it is gone.
+            and c.id >= (select l.queue_floor from pg2kafka.relay_lease l)
             ${afterId === undefined ? sql`` : sql`and c.id > ${afterId}::int8`}
         ) c
         order by c.id

@@ -24,7 +24,12 @@ async function schemaObjects(): Promise<string[]> {
 test('migrate installs the schema on an empty database, then is a no-op', async () => {
   const first = await migrate({ databaseUrl: db.url });
   assert.deepEqual(first, {
-    migrations: ['0001_capture_tables', '0002_relay_lease', '0003_dead_letters'],
+    migrations: [
+      '0001_capture_tables',
+      '0002_relay_lease',
+      '0003_dead_letters',
+      '0004_queue_floor',
+    ],
     functionsUpdated: true,
   });
   const objects = await schemaObjects();
@@ -59,9 +64,14 @@ test('two migrations at once both succeed and install once', async () => {
     migrate({ databaseUrl: db.url }),
   ]);
   const applied = results.flatMap((r) => r.migrations);
-  assert.deepEqual(applied, ['0001_capture_tables', '0002_relay_lease', '0003_dead_letters']);
+  assert.deepEqual(applied, [
+    '0001_capture_tables',
+    '0002_relay_lease',
+    '0003_dead_letters',
+    '0004_queue_floor',
+  ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 3);
+  assert.equal(count?.n, 4);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {
