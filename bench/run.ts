@@ -7,7 +7,8 @@
  *
  * Cases: writers (trigger overhead), drain (events/s, with and without Kafka), latency
  * (created_at to a consumer's arrival), snapshot (setup() on a big table), memory (relay
- * RSS with a big backlog and the broker down). Not part of `npm test`: several minutes;
+ * RSS with a big backlog and the broker down), held-snapshot (fetch time and latency while
+ * a REPEATABLE READ transaction holds vacuum back, against the same run with none). Not part of `npm test`: several minutes;
  * --quick runs each case once, smaller.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { join } from 'node:path';
 import { checkPostgres } from '../scripts/infrastructure.ts';
 import { KafkaBroker } from '../scripts/kafka-broker.ts';
 import { drain } from './cases/drain.ts';
+import { heldSnapshot } from './cases/held-snapshot.ts';
 import { latency } from './cases/latency.ts';
 import { memory } from './cases/memory.ts';
 import { snapshot } from './cases/snapshot.ts';
@@ -34,6 +36,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<Measure[]>> = {
   latency,
   snapshot,
   memory,
+  'held-snapshot': heldSnapshot,
 };
 
 function parseArgs(argv: string[]): { quick: boolean; only: string[] } {

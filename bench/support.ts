@@ -123,6 +123,8 @@ export function spawnRelay(options: {
   env?: Record<string, string>;
   /** Do not pass on warnings (a case that stops the broker expects them). */
   quiet?: boolean;
+  /** Called with every log line (a case that reads the relay's own figures). */
+  onLog?: (entry: Record<string, unknown>) => void;
 }): RelayProcess {
   const sink = options.sink ?? 'kafkajs';
   const entry = sink === 'kafkajs' ? ['dist/src/cli.js', 'relay'] : ['dist/bench/relay-child.js'];
@@ -150,6 +152,7 @@ export function spawnRelay(options: {
         process.stderr.write(`  relay: ${line}\n`);
         return;
       }
+      options.onLog?.(entryLog);
       if (entryLog.msg === 'active: shipping events') resolve();
       const threshold = options.quiet ? 50 : 40;
       if ((entryLog.level ?? 0) >= threshold) process.stderr.write(`  relay: ${line}\n`);
