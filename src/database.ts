@@ -13,8 +13,16 @@
  *   A runtime failure (exit 1): the server may come back; the relay waits for it.
  * - `DatabaseRefusedError`: the server answered and refused this role, password or
  *   database (SQLSTATE class 28, 3D000). Configuration (exit 2): retrying cannot help.
+ * - `DatabaseCertificateError` (database-tls.ts): the server's TLS certificate was not
+ *   accepted under DATABASE_URL's sslmode and sslrootcert. Configuration too (exit 2).
  */
 import postgres from 'postgres';
+import {
+  DatabaseCertificateError,
+  databaseTls,
+  explainCertificateError,
+  postgresJsSsl,
+} from './database-tls.ts';
 import { UsageError } from './errors.ts';
 
 /** How long a command waits for PostgreSQL's first answer. */
@@ -80,12 +88,18 @@ const UNREACHABLE_CODES = new Set([
  * any other error is returned as it is.
  */
 export function explainConnectionError(error: unknown, databaseUrl: string): unknown {
-  if (error instanceof DatabaseUnreachableError || error instanceof DatabaseRefusedError) {
+  if (
+    error instanceof DatabaseUnreachableError ||
+    error instanceof DatabaseRefusedError ||
+    error instanceof DatabaseCertificateError
+  ) {
     return error;
   }
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code !== 'string') return error;
   const target = describeTarget(databaseUrl);
+  const certificate = explainCertificateError(error, databaseUrl, target);
+  if (certificate) return certificate;
   const detail = error instanceof Error ? error.message : String(error);
   if (REFUSED_SQLSTATE.test(code)) {
     const what =
@@ -119,7 +133,10 @@ export interface PoolOptions {
 
 /** A postgres.js pool with pg2kafka's defaults; the first query is not bounded: see checkConnection(). */
 export function openPool(databaseUrl: string, options: PoolOptions = {}): postgres.Sql {
-  return postgres(databaseUrl, {
+  // TLS as DATABASE_URL's sslmode and sslrootcert say, the same for node-postgres (database-tls.ts).
+  const tls = databaseTls(databaseUrl);
+  return postgres(tls.url, {
+    ssl: postgresJsSsl(tls),
     max: options.max ?? 1,
     connect_timeout: CONNECT_TIMEOUT_MS / 1000,
     ...(options.idleTimeoutS === undefined ? {} : { idle_timeout: options.idleTimeoutS }),

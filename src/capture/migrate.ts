@@ -12,13 +12,21 @@
  *
  * Concurrency: node-pg-migrate holds a session advisory lock (waiting, not failing)
  * while it migrates; the repeatable step runs under a transaction advisory lock.
+ *
+ * Connections: node-pg-migrate needs node-postgres; everything else uses postgres.js.
+ * Both get the same TLS settings from DATABASE_URL (database-tls.ts).
  */
 import { join } from 'node:path';
 import { runner } from 'node-pg-migrate';
-import postgres from 'postgres';
+import type { ClientConfig } from 'pg';
+import { CONNECT_TIMEOUT_MS, explainConnectionError, openPool } from '../database.ts';
+import { databaseTls, nodePostgresSsl } from '../database-tls.ts';
 import { packageRoot } from '../package-root.ts';
 import { MIGRATION_LOCK, REPEATABLE_SQL_LOCK } from './locks.ts';
 import { readRepeatableScripts } from './schema.ts';
+
+/** What pg_stat_activity shows for both of migrate's connections (DATABASE_URL's own wins). */
+const APPLICATION_NAME = 'pg2kafka migrate';
 
 export interface MigrateResult {
   /** Versioned migrations applied by this run. */
@@ -36,24 +44,28 @@ export async function migrate({
   databaseUrl,
   log = () => undefined,
 }: MigrateOptions): Promise<MigrateResult> {
-  const applied = await runner({
-    databaseUrl,
-    dir: join(packageRoot, 'migrations'),
-    direction: 'up',
-    count: Infinity,
-    migrationsTable: 'migrations',
-    migrationsSchema: 'pg2kafka',
-    createMigrationsSchema: true,
-    singleTransaction: true,
-    checkOrder: true,
-    lockValue: MIGRATION_LOCK,
-    advisoryLockMode: 'wait',
-    log,
-  });
-
-  const scripts = readRepeatableScripts();
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => undefined });
+  const sql = openPool(databaseUrl, { connection: { application_name: APPLICATION_NAME } });
   try {
+    // The first round trip goes through postgres.js, so connection problems read as for
+    // every other command; it also tells node-postgres whether sslmode=prefer got TLS.
+    const [session] = await sql<{ ssl: boolean }[]>`
+      select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false) as ssl`;
+    const applied = await runner({
+      databaseUrl: nodePostgresConfig(databaseUrl, session?.ssl ?? false),
+      dir: join(packageRoot, 'migrations'),
+      direction: 'up',
+      count: Infinity,
+      migrationsTable: 'migrations',
+      migrationsSchema: 'pg2kafka',
+      createMigrationsSchema: true,
+      singleTransaction: true,
+      checkOrder: true,
+      lockValue: MIGRATION_LOCK,
+      advisoryLockMode: 'wait',
+      log,
+    });
+
+    const scripts = readRepeatableScripts();
     const functionsUpdated = await sql.begin(async (tx) => {
       await tx`select pg_advisory_xact_lock(${REPEATABLE_SQL_LOCK})`;
       const [current] = await tx<{ value: string }[]>`
@@ -69,7 +81,25 @@ export async function migrate({
       return true;
     });
     return { migrations: applied.map((m) => m.name), functionsUpdated };
+  } catch (error) {
+    throw explainConnectionError(error, databaseUrl);
   } finally {
     await sql.end({ timeout: 5 });
   }
+}
+
+/**
+ * node-pg-migrate's connection: node-postgres with the TLS settings postgres.js gets
+ * (database-tls.ts) and the same connect deadline. `serverUsesTls`: whether the server
+ * took TLS on postgres.js's connection, which decides sslmode=prefer (node-postgres cannot
+ * fall back to plain text itself).
+ */
+export function nodePostgresConfig(databaseUrl: string, serverUsesTls: boolean): ClientConfig {
+  const tls = databaseTls(databaseUrl);
+  return {
+    connectionString: tls.url,
+    ssl: nodePostgresSsl(tls, serverUsesTls),
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    application_name: APPLICATION_NAME,
+  };
 }
