@@ -70,6 +70,7 @@ if (kind !== 'discard' && kind !== 'platformatic') {
 }
 const sink = kind === 'discard' ? discard : platformaticSink(config, logger);
 const running = await startRelay(config, logger, { sink });
+if (!running) throw new Error('the relay stopped while starting');
 const stop = (): void => void running.shutdown();
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

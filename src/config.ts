@@ -29,6 +29,8 @@ export interface Config {
   wakeNotify: boolean;
   /** Longest wait between two polls of an idle queue. */
   pollIntervalMs: number;
+  /** A leader that delivered nothing for this long while failing gives the lease up for a while. */
+  leaderYieldAfterMs: number;
   logLevel: string;
   autoCreateTopics: boolean;
   /** undefined: the broker's default. */
@@ -110,6 +112,12 @@ export const VARIABLES: VariableSpec[] = [
     default: '500',
     meaning:
       'longest wait between polls of an idle queue; polling speeds up while events flow (10 to 60000)',
+  },
+  {
+    name: 'LEADER_YIELD_AFTER_MS',
+    default: '60000',
+    meaning:
+      'an active relay that fails to ship for this long gives the lease up for a while, so a standby can try (1000 to 3600000)',
   },
   {
     name: 'LOG_LEVEL',
@@ -395,6 +403,8 @@ export function parseConfig(
     deadLetterPolicy: parseDeadLetterPolicy(env, problems),
     wakeNotify: parseBoolean(env, 'WAKE_NOTIFY', true, problems),
     pollIntervalMs: parseWholeNumber(env, 'POLL_INTERVAL_MS', 10, 60_000, problems) ?? 500,
+    leaderYieldAfterMs:
+      parseWholeNumber(env, 'LEADER_YIELD_AFTER_MS', 1_000, 3_600_000, problems) ?? 60_000,
     logLevel,
     autoCreateTopics: parseBoolean(env, 'AUTO_CREATE_TOPICS', true, problems),
     topicPartitions: parseWholeNumber(env, 'TOPIC_PARTITIONS', 1, 10_000, problems),

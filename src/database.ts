@@ -104,7 +104,7 @@ export function explainConnectionError(error: unknown, databaseUrl: string): unk
   if (REFUSED_SQLSTATE.test(code)) {
     const what =
       code === '3D000'
-        ? 'the database does not exist: check the database name in DATABASE_URL'
+        ? 'check the database name in DATABASE_URL'
         : 'check the user and password in DATABASE_URL, and that pg_hba.conf lets this role connect from here';
     return new DatabaseRefusedError(`${target} refused the connection: ${detail}; ${what}`, code);
   }
@@ -129,13 +129,26 @@ export interface PoolOptions {
   camelCase?: boolean;
   idleTimeoutS?: number;
   maxLifetimeS?: number;
+  /** A notification arrived (postgres.js supports it; its types leave it out). */
+  onnotify?: (channel: string, payload: string) => void;
+  /** A connection of the pool closed. */
+  onclose?: () => void;
 }
 
 /** A postgres.js pool with pg2kafka's defaults; the first query is not bounded: see checkConnection(). */
 export function openPool(databaseUrl: string, options: PoolOptions = {}): postgres.Sql {
+  const closes = new Set<() => void>();
+  const hooks: Record<string, unknown> = {
+    onclose: () => {
+      for (const listener of closes) listener();
+      options.onclose?.();
+    },
+  };
+  if (options.onnotify) hooks.onnotify = options.onnotify;
   // TLS as DATABASE_URL's sslmode and sslrootcert say, the same for node-postgres (database-tls.ts).
   const tls = databaseTls(databaseUrl);
-  return postgres(tls.url, {
+  const sql = postgres(tls.url, {
+    ...hooks,
     ssl: postgresJsSsl(tls),
     max: options.max ?? 1,
     connect_timeout: CONNECT_TIMEOUT_MS / 1000,
@@ -145,7 +158,12 @@ export function openPool(databaseUrl: string, options: PoolOptions = {}): postgr
     ...(options.camelCase ? { transform: { column: { from: postgres.toCamel } } } : {}),
     onnotice: options.onnotice ?? (() => undefined),
   });
+  closeListeners.set(sql, closes);
+  return sql;
 }
+
+/** Per pool opened here: called when one of its connections closes (see checkConnection). */
+const closeListeners = new WeakMap<postgres.Sql, Set<() => void>>();
 
 /**
  * One round trip within `timeoutMs`, or a DatabaseUnreachableError / DatabaseRefusedError
@@ -158,7 +176,20 @@ export async function checkConnection(
   timeoutMs = CONNECT_TIMEOUT_MS,
 ): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
+  const closes = closeListeners.get(sql);
+  let onClose: (() => void) | undefined;
   const deadline = new Promise<never>((_, reject) => {
+    // A connection closed before the first answer: postgres.js would retry it at once and
+    // forever (a proxy whose server is gone does this); say so at the first close.
+    onClose = () => {
+      reject(
+        new DatabaseUnreachableError(
+          `${describeTarget(databaseUrl)} closed the connection before answering; check the host and port in DATABASE_URL (is it PostgreSQL, or a proxy whose server is down?)`,
+          'CONNECTION_CLOSED',
+        ),
+      );
+    };
+    closes?.add(onClose);
     timer = setTimeout(() => {
       reject(
         new DatabaseUnreachableError(
@@ -175,5 +206,6 @@ export async function checkConnection(
     throw explainConnectionError(error, databaseUrl);
   } finally {
     clearTimeout(timer);
+    if (onClose) closes?.delete(onClose);
   }
 }

@@ -136,16 +136,17 @@ function assertEach(outcomes: Outcome[], code: number, message: RegExp): void {
 
 const CHECK_HOST = /; check the host and port in DATABASE_URL, that the server is running/;
 
-test('a server that accepts and closes every connection: each command gives up within the bound, exit 1', async () => {
+test('a server that accepts and closes every connection: each command says so at the first close, exit 1', async () => {
+  const started = Date.now();
   const outcomes = await runEach(`postgres://app:${PASSWORD}@127.0.0.1:${closing.port}/shop`);
   assertEach(
     outcomes,
     1,
     new RegExp(
-      `^pg2kafka: (no answer from|cannot reach) PostgreSQL at 127\\.0\\.0\\.1:${closing.port} \\(database "shop", user "app"\\)`,
+      `^pg2kafka: PostgreSQL at 127\\.0\\.0\\.1:${closing.port} \\(database "shop", user "app"\\) closed the connection before answering; check the host and port in DATABASE_URL`,
     ),
   );
-  assertEach(outcomes, 1, CHECK_HOST);
+  assert.ok(Date.now() - started < CONNECT_TIMEOUT_MS, 'without waiting for the connect deadline');
 });
 
 test('a server that accepts and never answers: each command gives up within the bound, exit 1', async () => {

@@ -66,6 +66,7 @@ const DEFAULTS: Config = {
   deadLetterPolicy: 'park-key',
   wakeNotify: true,
   pollIntervalMs: 500,
+  leaderYieldAfterMs: 60_000,
   logLevel: 'info',
   autoCreateTopics: true,
   topicPartitions: undefined,

@@ -13,7 +13,8 @@ import type postgres from 'postgres';
 import { UsageError } from '../errors.ts';
 import { packageRoot } from '../package-root.ts';
 
-export const MIGRATE_HINT = 'run "pg2kafka migrate" (or start the relay with PERFORM_MIGRATIONS=true)';
+export const MIGRATE_HINT =
+  'run "pg2kafka migrate" (or start the relay with PERFORM_MIGRATIONS=true)';
 
 export interface RepeatableScripts {
   files: Array<{ name: string; text: string }>;

@@ -1,26 +1,44 @@
 /**
  * `pg2kafka relay`: runs the relay until SIGTERM/SIGINT.
  *
- * Shutdown is layered: the first signal stops fetching and lets the batch in flight
- * finish (an unacked batch simply stays queued), then the lease is released, Kafka and
- * PostgreSQL disconnected, exit 0. A watchdog (unref'd) exits 1 if that takes longer
- * than SHUTDOWN_TIMEOUT_MS; a second signal exits 1 at once.
+ * Start: the database must answer and hold this version's schema before anything else
+ * (PERFORM_MIGRATIONS=true installs it first). A server that refuses the login or the
+ * database, or a missing schema, exits 2 with what to change; an unreachable server is
+ * waited for with the common backoff.
+ *
+ * Shutdown is layered: the first signal stops fetching and the listener, and lets the
+ * batch in flight finish (an unacked batch simply stays queued), then the lease is
+ * released (waiting only briefly for a database that is down), Kafka and PostgreSQL
+ * disconnected, exit 0. A watchdog (unref'd) exits 1 if that takes longer than
+ * SHUTDOWN_TIMEOUT_MS; a second signal exits 1 at once.
  */
-import postgres from 'postgres';
+import type postgres from 'postgres';
 import { migrate } from '../capture/migrate.ts';
+import { checkSchema, isMissingObjectError, SchemaError } from '../capture/schema.ts';
 import { describeConfig, type Config } from '../config.ts';
-import { isTransientDatabaseError } from '../errors.ts';
+import {
+  checkConnection,
+  DatabaseRefusedError,
+  explainConnectionError,
+  isRefusedConnection,
+  openPool,
+} from '../database.ts';
+import { isTransientDatabaseError, UsageError } from '../errors.ts';
 import { DryRunSink } from '../kafka/dry-run-sink.ts';
 import { createKafka, KafkajsSink } from '../kafka/kafkajs-sink.ts';
 import type { EventSink } from '../kafka/sink.ts';
 import type { Logger } from '../logger.ts';
 import { backoffDelay } from '../relay/backoff.ts';
 import { DeadLetterStore } from '../relay/dead-letters.ts';
-import { IdleFlag, startListener } from '../relay/listener.ts';
+import { IdleFlag, REFUSED_RETRY_MS, startListener } from '../relay/listener.ts';
 import { EventQueue } from '../relay/queue.ts';
 import { Relay, type RelayEvent } from '../relay/relay.ts';
+import { VacuumWatch, type VacuumWatchOptions } from '../relay/vacuum-watch.ts';
+import { within } from '../relay/within.ts';
 
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
+/** How long shutdown waits for the loop's batch in flight before closing under it. */
+const STOP_LOOP_WAIT_MS = 5_000;
 
 export const relayHelp = `Usage: pg2kafka relay
 
@@ -29,6 +47,9 @@ prints them on stdout) until stopped with SIGTERM or SIGINT. One relay per datab
 active; others started on the same database wait as standbys and take over when it stops
 or dies. Configuration comes from the environment (see pg2kafka --help).
 `;
+
+/** The wait before the loop retries after finding the schema missing (a person must migrate). */
+const SCHEMA_RETRY_MS = 10_000;
 
 /** Session settings of the relay's connections: event text never depends on the server's defaults. */
 const SESSION_SETTINGS = {
@@ -69,7 +90,8 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         );
         break;
       case 'error':
-        logger.warn(
+        // What only a person can fix (a refused login, a missing schema) is an error.
+        logger[event.error instanceof UsageError ? 'error' : 'warn'](
           {
             stage: event.stage,
             attempt: event.attempt,
@@ -107,6 +129,14 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         );
         break;
       }
+      case 'yielded': {
+        const seconds = (ms: number): string => `${Math.round(ms / 1000)} s`;
+        logger.warn(
+          { failingForMs: event.failingForMs, standBackMs: event.standBackMs, err: event.error },
+          `nothing shipped for ${seconds(event.failingForMs)}: giving the lease up for ${seconds(event.standBackMs)} so that another relay can try (last error: ${event.error instanceof Error ? event.error.message : String(event.error)})`,
+        );
+        break;
+      }
       case 'stopped':
         logger.info('relay stopped');
         break;
@@ -114,32 +144,92 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
   });
 }
 
-/** Runs migrations at start, retrying while the database is unreachable. */
-async function migrateWithRetry(
-  config: Config,
-  logger: Logger,
-  stopped: () => boolean,
-): Promise<void> {
-  for (let attempt = 1; !stopped(); attempt += 1) {
+/** A sleep that stop() cuts short. */
+class StopSignal {
+  requested = false;
+  private wakers = new Set<() => void>();
+
+  request(): void {
+    this.requested = true;
+    for (const wake of this.wakers) wake();
+  }
+
+  sleep(ms: number): Promise<void> {
+    if (this.requested) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
+    });
+  }
+}
+
+/**
+ * Before the relay starts: waits (with the common backoff) until the database answers,
+ * migrates if asked to, and checks the schema. Throws DatabaseRefusedError or
+ * SchemaError (exit 2) for what waiting cannot fix. False when stopped meanwhile.
+ */
+async function prepareDatabase(config: Config, logger: Logger, stop: StopSignal): Promise<boolean> {
+  for (let attempt = 1; !stop.requested; attempt += 1) {
+    const sql = openPool(config.databaseUrl);
     try {
-      const result = await migrate({
-        databaseUrl: config.databaseUrl,
-        log: (m) => {
-          logger.debug(m);
-        },
-      });
-      logger.info(result, 'schema pg2kafka migrated');
-      return;
-    } catch (error) {
-      if (!isTransientDatabaseError(error)) throw error;
+      await checkConnection(sql, config.databaseUrl);
+      if (config.performMigrations) {
+        const result = await migrate({
+          databaseUrl: config.databaseUrl,
+          log: (m) => {
+            logger.debug(m);
+          },
+        });
+        logger.info(result, 'schema pg2kafka migrated');
+      }
+      const { warnings } = await checkSchema(sql);
+      for (const warning of warnings) logger.warn(warning);
+      return true;
+    } catch (caught) {
+      const error = explainConnectionError(caught, config.databaseUrl);
+      if (!isTransientDatabaseError(caught) || error instanceof DatabaseRefusedError) throw error;
       const retryInMs = backoffDelay(attempt);
       logger.warn(
         { attempt, retryInMs, err: error },
-        `migration failed, retrying in ${retryInMs} ms`,
+        `cannot start yet, retrying in ${retryInMs} ms: ${error instanceof Error ? error.message : String(error)}`,
       );
-      await new Promise((r) => setTimeout(r, retryInMs));
+      await stop.sleep(retryInMs);
+    } finally {
+      await sql.end({ timeout: 1 });
     }
   }
+  return false;
+}
+
+/**
+ * What a loop error means for the user: a refused login and a missing schema are said
+ * plainly and retried slowly (a person must act); anything else is left as it is.
+ */
+function diagnoser(
+  config: Config,
+  sql: postgres.Sql,
+): (error: unknown) => Promise<{ error: unknown; retryInMs?: number }> {
+  return async (error) => {
+    if (isRefusedConnection(error)) {
+      return {
+        error: explainConnectionError(error, config.databaseUrl),
+        retryInMs: REFUSED_RETRY_MS,
+      };
+    }
+    if (isMissingObjectError(error)) {
+      try {
+        await checkSchema(sql);
+      } catch (problem) {
+        if (problem instanceof SchemaError) return { error: problem, retryInMs: SCHEMA_RETRY_MS };
+      }
+    }
+    return { error };
+  };
 }
 
 export interface RunningRelay {
@@ -150,30 +240,32 @@ export interface RunningRelay {
   done: Promise<void>;
 }
 
-/** Starts a relay from configuration; usable from code and tests. */
+/** Starts a relay from configuration; usable from code and tests. Undefined if stopped while starting. */
 export async function startRelay(
   config: Config,
   logger: Logger,
   options: {
     /** Where events go instead of the configured Kafka client (the benchmark's discard sink). */
     sink?: EventSink;
+    /** Stops a start that is still waiting for the database. */
+    stop?: StopSignal;
+    /** When to warn about a transaction holding vacuum back (tests shorten it). */
+    vacuumWatch?: VacuumWatchOptions;
   } = {},
-): Promise<RunningRelay> {
+): Promise<RunningRelay | undefined> {
   const log = logger.child({ component: 'relay' });
   log.info({ config: describeConfig(config) }, 'pg2kafka relay starting');
   if (config.tls && !config.tls.rejectUnauthorized) {
     log.warn('KAFKA_TLS_REJECT_UNAUTHORIZED=false: broker certificates are NOT verified');
   }
-  let stopping = false;
-  if (config.performMigrations) await migrateWithRetry(config, log, () => stopping);
+  const stop = options.stop ?? new StopSignal();
+  if (!(await prepareDatabase(config, log, stop))) return undefined;
 
-  const sql = postgres(config.databaseUrl, {
+  const sql = openPool(config.databaseUrl, {
     max: 3,
-    connect_timeout: 10,
-    idle_timeout: 60,
+    idleTimeoutS: 60,
     connection: SESSION_SETTINGS,
-    transform: { column: { from: postgres.toCamel } },
-    onnotice: () => undefined,
+    camelCase: true,
   });
   const sink: EventSink =
     options.sink ??
@@ -194,9 +286,16 @@ export async function startRelay(
     topicPrefix: config.topicPrefix,
     topicNamespace: config.topicNamespace,
     dryRun: config.dryRun,
+    yieldAfterMs: config.leaderYieldAfterMs,
+    diagnose: diagnoser(config, sql),
     ...(idleFlag ? { idleFlag } : {}),
   });
   logRelayEvents(relay, log);
+  const vacuumWatch = new VacuumWatch(sql, log, options.vacuumWatch);
+  relay.on((event) => {
+    if (event.type === 'leadership') vacuumWatch.setActive(event.active);
+  });
+  vacuumWatch.start();
   const listener = idleFlag
     ? startListener(
         config.databaseUrl,
@@ -210,13 +309,16 @@ export async function startRelay(
 
   let shuttingDown: Promise<void> | undefined;
   const shutdown = (): Promise<void> => {
-    stopping = true;
+    stop.request();
     shuttingDown ??= (async () => {
-      await relay.stop();
-      await listener?.stop();
-      await idleFlag?.close();
-      await sink.close();
-      await sql.end({ timeout: 2 });
+      vacuumWatch.stop();
+      // The listener stops with the loop: during an outage it would keep retrying. A loop
+      // waiting on a database or broker that does not answer is abandoned after
+      // STOP_LOOP_WAIT_MS: nothing unacknowledged was deleted, so nothing is lost.
+      await Promise.all([within(STOP_LOOP_WAIT_MS, relay.stop()), listener?.stop()]);
+      await within(1_000, idleFlag?.close());
+      await within(2_000, sink.close());
+      await within(2_000, sql.end({ timeout: 1 }));
     })();
     return shuttingDown;
   };
@@ -225,7 +327,8 @@ export async function startRelay(
 
 /** The CLI command: runs until a signal, then shuts down within SHUTDOWN_TIMEOUT_MS. */
 export async function relayCommand(config: Config, logger: Logger): Promise<number> {
-  const running = await startRelay(config, logger);
+  const stop = new StopSignal();
+  const started: { relay?: RunningRelay } = {};
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals += 1;
@@ -238,10 +341,15 @@ export async function relayCommand(config: Config, logger: Logger): Promise<numb
       logger.error(`shutdown took longer than ${SHUTDOWN_TIMEOUT_MS} ms: exiting`);
       process.exit(1);
     }, SHUTDOWN_TIMEOUT_MS).unref();
-    void running.shutdown();
+    stop.request();
+    void started.relay?.shutdown();
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  const running = await startRelay(config, logger, { stop });
+  if (!running) return 0;
+  started.relay = running;
+  if (stop.requested) void running.shutdown();
   await running.done;
   await running.shutdown();
   return 0;

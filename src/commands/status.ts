@@ -2,12 +2,16 @@
 import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
 import { checkConnection, openPool } from '../database.ts';
+import { describeVacuumHolder, VACUUM_WARN_AFTER_MS } from '../relay/vacuum-watch.ts';
+import { vacuumHolder, type VacuumHolder } from '../relay/vacuum.ts';
 
 export const statusHelp = `Usage: pg2kafka status [--json]
 
 Shows the tracked tables, the queue depth and the age of the oldest queued event per
 table, the dead letters (events Kafka refused for good) and how many keys they park, and
-whether a relay is active (and which one). --json prints the same as JSON.
+whether a relay is active (and which one), and a transaction that has held vacuum back
+for more than 5 minutes (the queue cannot be cleaned while it stays open). --json prints
+the same as JSON (with the oldest such transaction whatever its age).
 `;
 
 export interface Status {
@@ -25,6 +29,8 @@ export interface Status {
     queued: number;
     oldestAgeSeconds: number | null;
   }>;
+  /** The session whose transaction or snapshot is the oldest in this database, if any. */
+  vacuumHolder: VacuumHolder | null;
 }
 
 /**
@@ -84,6 +90,7 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
       total: Number(counts?.total ?? 0),
       parkedKeys: Number(counts?.parked_keys ?? 0),
     };
+    const holder = await vacuumHolder(sql);
     const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
     const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
     return {
@@ -103,6 +110,7 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
         queued: Number(t.queued),
         oldestAgeSeconds: t.oldest,
       })),
+      vacuumHolder: holder ?? null,
     };
   } finally {
     await sql.end({ timeout: 2 });
@@ -129,5 +137,9 @@ export function formatStatus(status: Status): string {
         `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
     ),
   ];
+  const holder = status.vacuumHolder;
+  if (holder && (holder.transactionSeconds ?? 0) * 1000 >= VACUUM_WARN_AFTER_MS) {
+    lines.push(`vacuum: ${describeVacuumHolder(holder)}`);
+  }
   return `${lines.join('\n')}\n`;
 }

@@ -7,15 +7,20 @@
  * sql/15_wake.sql). Under load the relay never sleeps long, never holds the lock, and
  * writers never take NOTIFY's cluster-wide commit lock.
  *
- * The listener has its own connection. When it drops, LISTEN is re-issued with the common
- * backoff, and every (re)connect wakes the relay for a catch-up poll: notifications sent
- * while nobody listened are lost.
+ * The listener has its own connection. When it drops, LISTEN is re-issued by one retry
+ * chain with the common backoff (a close while a retry is already waiting changes
+ * nothing), and every (re)connect wakes the relay for a catch-up poll: notifications sent
+ * while nobody listened are lost. A server that refuses the role, password or database
+ * cannot be waited out quickly: those retries wait REFUSED_RETRY_MS.
  */
-import postgres from 'postgres';
+import type postgres from 'postgres';
+import { explainConnectionError, isRefusedConnection, openPool } from '../database.ts';
 import type { Logger } from '../logger.ts';
 import { backoffDelay } from './backoff.ts';
 
 export const WAKE_CHANNEL = 'pg2kafka_events';
+/** The wait before retrying a connection the server refused (role, password, database). */
+export const REFUSED_RETRY_MS = 60_000;
 
 export interface Listener {
   stop(): Promise<void>;
@@ -23,33 +28,33 @@ export interface Listener {
 
 export function startListener(databaseUrl: string, onWake: () => void, logger: Logger): Listener {
   let stopped = false;
+  /** Read after an await: stop() may have run meanwhile. */
+  const isStopped = (): boolean => stopped;
   let attempt = 0;
+  /** The one pending retry, or the LISTEN in flight: a close never starts a second chain. */
   let timer: NodeJS.Timeout | undefined;
-  // onnotify is supported by postgres.js (its own listen() uses it) but not in its types.
-  const options: postgres.Options<Record<string, never>> & {
-    onnotify: (channel: string, payload: string) => void;
-  } = {
-    max: 1,
-    idle_timeout: 0,
-    max_lifetime: 0,
-    connect_timeout: 10,
+  let listening: Promise<void> | undefined;
+  const sql = openPool(databaseUrl, {
+    idleTimeoutS: 0,
+    maxLifetimeS: 0,
     connection: { application_name: 'pg2kafka listener' },
     onnotify: (channel) => {
       if (channel === WAKE_CHANNEL) onWake();
     },
     onclose: () => {
-      if (!stopped) {
-        logger.warn('listener connection closed: listening again');
-        schedule(0);
-      }
+      if (stopped || timer !== undefined || listening !== undefined) return;
+      logger.warn('listener connection closed: listening again');
+      schedule(0);
     },
-    onnotice: () => undefined,
-  };
-  const sql = postgres(databaseUrl, options);
+  });
 
   function schedule(delayMs: number): void {
-    clearTimeout(timer);
-    timer = setTimeout(() => void listen(), delayMs);
+    timer = setTimeout(() => {
+      timer = undefined;
+      listening = listen().finally(() => {
+        listening = undefined;
+      });
+    }, delayMs);
   }
 
   async function listen(): Promise<void> {
@@ -60,21 +65,25 @@ export function startListener(databaseUrl: string, onWake: () => void, logger: L
       attempt = 0;
       onWake();
     } catch (error) {
+      if (isStopped()) return;
       attempt += 1;
-      const retryInMs = backoffDelay(attempt);
-      logger.warn(
-        { attempt, retryInMs, err: error },
-        `cannot LISTEN, retrying in ${retryInMs} ms (polling continues)`,
+      const refused = isRefusedConnection(error);
+      const retryInMs = refused ? REFUSED_RETRY_MS : backoffDelay(attempt);
+      const explained = explainConnectionError(error, databaseUrl);
+      logger[refused ? 'error' : 'warn'](
+        { attempt, retryInMs, err: explained },
+        `cannot LISTEN, retrying in ${retryInMs} ms (polling continues): ${explained instanceof Error ? explained.message : String(explained)}`,
       );
       schedule(retryInMs);
     }
   }
 
-  void listen();
+  schedule(0);
   return {
     async stop() {
       stopped = true;
       clearTimeout(timer);
+      timer = undefined;
       await sql.end({ timeout: 1 });
     },
   };
@@ -108,13 +117,10 @@ export class IdleFlag {
   private held = false;
 
   constructor(databaseUrl: string) {
-    this.sql = postgres(databaseUrl, {
-      max: 1,
-      idle_timeout: 0,
-      max_lifetime: 0,
-      connect_timeout: 10,
+    this.sql = openPool(databaseUrl, {
+      idleTimeoutS: 0,
+      maxLifetimeS: 0,
       connection: IDLE_FLAG_SESSION,
-      onnotice: () => undefined,
     });
   }
 

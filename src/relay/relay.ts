@@ -19,8 +19,11 @@
  *             A topic whose event was not acked sends nothing more in that batch, and a
  *             batch that did not leave the queue whole drops the batch read ahead: both
  *             keep a key's later event from overtaking one that stayed queued.
- *   backoff   any error: one log line, sleep backoffDelay(attempt), back to the loop.
- *             Nothing ends the process but stop(): events stay queued meanwhile.
+ *   backoff   any error: one log line, sleep backoffDelay(attempt) (longer for what only
+ *             a person can fix: a refused login, a missing schema), back to the loop.
+ *             Nothing ends the process but stop(): events stay queued meanwhile. A
+ *             leader that has failed for LEADER_YIELD_AFTER_MS gives the lease up and
+ *             stays standby for YIELD_STAND_BACK_MS, so a relay that can ship takes over.
  *   stopping  stop(): the sleep is cut short, the batch in flight finishes (or is
  *             abandoned unacked by the caller's deadline), the lease is released so a
  *             standby takes over at once.
@@ -36,8 +39,10 @@ import type { DeadLetterPolicy } from '../config.ts';
 import { RECORD_REFUSALS } from '../kafka/errors.ts';
 import type { EventSink } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
+import { within } from './within.ts';
 import { BatchLedger, toMessage } from './batch.ts';
 import { DeadLetterStore, ParkedKeys, type DeadLetterEntry } from './dead-letters.ts';
+import { FLOOR_INTERVAL_MS, FloorKeeper } from './floor.ts';
 import { HoldList } from './holds.ts';
 import { sendInRequests } from './send.ts';
 import { DEFAULT_LEASE_TIMING, LeaseKeeper, type LeaseTiming } from './lease.ts';
@@ -46,6 +51,10 @@ import type { EventQueue, Lease, QueuedEvent } from './queue.ts';
 import { topicName, topicNameProblem, type TopicNaming } from './topics.ts';
 
 const STANDBY_POLL_MS = 1_000;
+/** A leader that failed to ship for LEADER_YIELD_AFTER_MS stays out of the race this long. */
+export const YIELD_STAND_BACK_MS = 10_000;
+/** Longest wait for the database while stopping (lowering the idle flag, releasing the lease). */
+const STOP_DATABASE_WAIT_MS = 2_000;
 /** First wait after an empty poll; doubles up to POLL_INTERVAL_MS. */
 export const MIN_POLL_MS = 5;
 /** Sleeps at least this long raise the idle flag, so that writers notify. */
@@ -71,6 +80,13 @@ export type RelayEvent =
       fetchMs: number;
     }
   | { type: 'error'; stage: string; error: unknown; attempt: number; retryInMs: number }
+  | {
+      /** Gave the lease up: nothing shipped for failingForMs; back in the race after standBackMs. */
+      type: 'yielded';
+      failingForMs: number;
+      standBackMs: number;
+      error: unknown;
+    }
   | {
       type: 'topic-held';
       topic: string;
@@ -104,6 +120,13 @@ export interface RelayOptions {
   holdBackoff?: (attempt: number) => number;
   /** Most bytes per produce request (MAX_REQUEST_BYTES). */
   maxRequestBytes?: number;
+  /** A leader failing this long gives the lease up for YIELD_STAND_BACK_MS (default 60 s). */
+  yieldAfterMs?: number;
+  /**
+   * Turns a loop error into what the user must read, and how long to wait before the
+   * next attempt when that is not the common backoff (a refused login, a missing schema).
+   */
+  diagnose?: (error: unknown) => Promise<{ error: unknown; retryInMs?: number }>;
 }
 
 /** A batch as read; `full`: the read stopped at BATCH_SIZE or BATCH_BYTES, more is likely waiting. */
@@ -120,7 +143,12 @@ export class Relay {
   private naming: TopicNaming | undefined;
   private readonly holds: HoldList;
   private readonly parked = new ParkedKeys();
+  private readonly floor: FloorKeeper;
   private dryRunAfterId: string | undefined;
+  /** When this leader's current run of failures began (performance.now()). */
+  private failingSince: number | undefined;
+  /** performance.now() until which this relay does not take the lease (after yielding). */
+  private standBackUntil = 0;
   /**
    * The next batch, read while the current one is sent (only after a full batch, when
    * more is likely waiting). Valid only if the current batch leaves the queue whole
@@ -131,6 +159,10 @@ export class Relay {
   constructor(private readonly options: RelayOptions) {
     this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
     this.holds = new HoldList(options.holdBackoff);
+    // Raises the queue floor behind the fetches, in the background (floor.ts).
+    this.floor = new FloorKeeper(options.queue.floor, (error) => {
+      this.emit({ type: 'error', stage: 'floor', error, attempt: 1, retryInMs: FLOOR_INTERVAL_MS });
+    });
     this.leases = new LeaseKeeper(
       options.queue,
       this.holder,
@@ -188,6 +220,7 @@ export class Relay {
           this.wakeRequested = false;
           let shipped = await this.shipBatch();
           errorAttempt = 0;
+          this.failingSince = undefined;
           if (shipped !== 'empty') {
             // Events are flowing: fetch again at once; the next empty poll starts the backoff.
             idleWait = MIN_POLL_MS;
@@ -214,18 +247,45 @@ export class Relay {
             continue;
           }
           if (!this.woken()) await this.sleep(idleWait, true);
-        } catch (error) {
+        } catch (caught) {
           this.prefetched = undefined;
           errorAttempt += 1;
-          const retryInMs = backoffDelay(errorAttempt);
+          const diagnosed = (await this.options.diagnose?.(caught).catch(() => undefined)) ?? {
+            error: caught,
+          };
+          const { error } = diagnosed;
+          const retryInMs = diagnosed.retryInMs ?? backoffDelay(errorAttempt);
           this.emit({ type: 'error', stage: 'ship', error, attempt: errorAttempt, retryInMs });
+          await this.yieldIfFailingTooLong(error);
           await this.sleep(retryInMs, false);
         }
       }
     } finally {
-      await this.options.idleFlag?.lower();
-      await this.resign('stopped');
+      // The database may be the thing that is down: stopping waits for it only briefly.
+      await within(STOP_DATABASE_WAIT_MS, this.options.idleFlag?.lower());
+      await within(STOP_DATABASE_WAIT_MS, this.resign('stopped'));
+      await within(STOP_DATABASE_WAIT_MS, this.floor.settled());
     }
+  }
+
+  /**
+   * A leader that cannot ship (a wrong KAFKA_BROKERS, a network split on its side) must not
+   * sit on the lease while a standby could: after yieldAfterMs of failures it gives the
+   * lease up and stays out for YIELD_STAND_BACK_MS. Alone, it simply takes it back then.
+   */
+  private async yieldIfFailingTooLong(error: unknown): Promise<void> {
+    if (!this.leases.current) {
+      this.failingSince = undefined;
+      return;
+    }
+    const now = performance.now();
+    this.failingSince ??= now;
+    const failingForMs = Math.round(now - this.failingSince);
+    if (failingForMs < (this.options.yieldAfterMs ?? 60_000)) return;
+    this.failingSince = undefined;
+    this.standBackUntil = now + YIELD_STAND_BACK_MS;
+    this.emit({ type: 'yielded', failingForMs, standBackMs: YIELD_STAND_BACK_MS, error });
+    await within(STOP_DATABASE_WAIT_MS, this.resign('gave the lease up after failing to ship'));
   }
 
   /** True when this relay may ship: it holds a lease it trusts (or runs dry). */
@@ -236,6 +296,7 @@ export class Relay {
       await this.resign('lease not renewed in time (database unreachable?)', false);
     }
     if (this.leases.current) return true;
+    if (performance.now() < this.standBackUntil) return false;
     const lease = await this.leases.acquire();
     if (!lease) return false;
     try {
@@ -303,6 +364,7 @@ export class Relay {
     const batch =
       prefetched && prefetched.lease === lease ? await prefetched.batch : await this.read(lease);
     const { events } = batch;
+    this.floor.observe(lease, events.at(-1)?.id);
     if (events.length === 0) return 'empty';
     const fetchMs = Math.round(performance.now() - fetchStarted);
     if (!dryRun && batch.full) {
