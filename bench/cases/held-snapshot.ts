@@ -1,6 +1,6 @@
 /**
  * The queue while another transaction holds vacuum back: pgbench inserts single rows at
- * 2,000/s for 5 minutes (--quick: 8 s) with a relay child process at default settings,
+ * 2,000/s for 5 minutes (--quick: 5 s) with a relay child process at default settings,
  * once with a REPEATABLE READ transaction held open in the same database for the whole
  * run (after one query, as an idle-in-transaction report or pg_dump would), once with
  * nothing held. Reported for the last fifth of each run (at least 3 s): the median time of
@@ -144,7 +144,7 @@ async function heldOnce(ctx: BenchContext, variant: Variant, seconds: number): P
 }
 
 export async function heldSnapshot(ctx: BenchContext): Promise<Measure[]> {
-  const seconds = ctx.quick ? 8 : 300;
+  const seconds = ctx.quick ? 5 : 300;
   const runs = new Map<Variant, HeldRun>();
   for (const variant of VARIANTS) {
     const run = await heldOnce(ctx, variant, seconds);
