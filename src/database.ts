@@ -137,14 +137,9 @@ export interface PoolOptions {
 
 /** A postgres.js pool with pg2kafka's defaults; the first query is not bounded: see checkConnection(). */
 export function openPool(databaseUrl: string, options: PoolOptions = {}): postgres.Sql {
-  const closes = new Set<() => void>();
-  const hooks: Record<string, unknown> = {
-    onclose: () => {
-      for (const listener of closes) listener();
-      options.onclose?.();
-    },
-  };
+  const hooks: Record<string, unknown> = {};
   if (options.onnotify) hooks.onnotify = options.onnotify;
+  if (options.onclose) hooks.onclose = options.onclose;
   // TLS as DATABASE_URL's sslmode and sslrootcert say, the same for node-postgres (database-tls.ts).
   const tls = databaseTls(databaseUrl);
   const sql = postgres(tls.url, {
@@ -158,12 +153,8 @@ export function openPool(databaseUrl: string, options: PoolOptions = {}): postgr
     ...(options.camelCase ? { transform: { column: { from: postgres.toCamel } } } : {}),
     onnotice: options.onnotice ?? (() => undefined),
   });
-  closeListeners.set(sql, closes);
   return sql;
 }
-
-/** Per pool opened here: called when one of its connections closes (see checkConnection). */
-const closeListeners = new WeakMap<postgres.Sql, Set<() => void>>();
 
 /**
  * One round trip within `timeoutMs`, or a DatabaseUnreachableError / DatabaseRefusedError
@@ -176,20 +167,7 @@ export async function checkConnection(
   timeoutMs = CONNECT_TIMEOUT_MS,
 ): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  const closes = closeListeners.get(sql);
-  let onClose: (() => void) | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    // A connection closed before the first answer: postgres.js would retry it at once and
-    // forever (a proxy whose server is gone does this); say so at the first close.
-    onClose = () => {
-      reject(
-        new DatabaseUnreachableError(
-          `${describeTarget(databaseUrl)} closed the connection before answering; check the host and port in DATABASE_URL (is it PostgreSQL, or a proxy whose server is down?)`,
-          'CONNECTION_CLOSED',
-        ),
-      );
-    };
-    closes?.add(onClose);
     timer = setTimeout(() => {
       reject(
         new DatabaseUnreachableError(
@@ -206,6 +184,5 @@ export async function checkConnection(
     throw explainConnectionError(error, databaseUrl);
   } finally {
     clearTimeout(timer);
-    if (onClose) closes?.delete(onClose);
   }
 }

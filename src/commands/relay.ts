@@ -109,7 +109,8 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         );
         break;
       case 'topic-released':
-        logger.info(
+        // The retry's outcome is what matters (one line then, if it fails again).
+        logger.debug(
           { topic: event.topic, tables: event.tables },
           'retrying the events of a topic that was held back',
         );
