@@ -6,8 +6,6 @@
  * who must act: 1 for a runtime failure (the server may come back), 2 for configuration.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { CONNECT_TIMEOUT_MS } from '../src/database.ts';
@@ -86,39 +84,13 @@ interface Outcome {
   ms: number;
 }
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-/**
- * runCli with a deadline: a command that hangs (what these tests are about) is killed
- * after `killAfterMs` and reported with code null, so the test fails instead of hanging.
- */
-async function runCliWithin(
-  args: string[],
-  env: Record<string, string | undefined>,
-  killAfterMs: number,
-): Promise<Outcome> {
-  const started = Date.now();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(timer);
-  return { command: args.join(' '), code, stdout, stderr, ms: Date.now() - started };
-}
-
 /** Runs every command against `url` at once (the slow cases wait out the deadline together). */
 async function runEach(url: string): Promise<Outcome[]> {
   return Promise.all(
-    COMMANDS.map((args) =>
-      runCliWithin(args, cliEnv(url, { LOG_LEVEL: 'silent' }), BOUND_MS + 10_000),
-    ),
+    COMMANDS.map(async (args) => ({
+      command: args.join(' '),
+      ...(await runCli(args, cliEnv(url, { LOG_LEVEL: 'silent' }), BOUND_MS + 10_000)),
+    })),
   );
 }
 

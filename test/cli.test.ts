@@ -9,7 +9,13 @@ import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
-import { CAPTURE_TRIGGERS, migrated, queuedChanges } from './capture/support.ts';
+import {
+  CAPTURE_TRIGGERS,
+  migrated,
+  queuedChanges,
+  trackedAs,
+  triggersOn,
+} from './capture/support.ts';
 import { useTestDatabase } from './helpers.ts';
 import { cliEnv, runCli } from './relay/support.ts';
 import type { Status } from '../src/commands/status.ts';
@@ -24,21 +30,8 @@ before(async () => {
 const env = (extra: Record<string, string | undefined> = {}): Record<string, string | undefined> =>
   cliEnv(db.url, extra);
 
-async function triggers(table: string): Promise<string[]> {
-  const rows = await db.sql<{ name: string }[]>`
-    select tgname as name from pg_trigger
-    where tgrelid = ${table}::regclass and not tgisinternal order by 1`;
-  return rows.map((r) => r.name);
-}
-
-async function tracked(
-  table: string,
-): Promise<{ column: string; fullRow: boolean; capturing: boolean } | undefined> {
-  const [row] = await db.sql<{ column: string; full_row: boolean; capturing: boolean }[]>`
-    select external_id_column as column, full_row, capturing from pg2kafka.tracked_tables
-    where table_oid = ${table}::regclass`;
-  return row && { column: row.column, fullRow: row.full_row, capturing: row.capturing };
-}
+const triggers = (table: string): Promise<string[]> => triggersOn(db.sql, table);
+const tracked = (table: string): ReturnType<typeof trackedAs> => trackedAs(db.sql, table);
 
 test('runCli passes a variable given as undefined as unset', async () => {
   // The tests below rely on it to run commands without a variable npm test provides.

@@ -17,6 +17,25 @@ export const CAPTURE_TRIGGERS = [
   '_pg2kafka_wake',
 ];
 
+/** The user triggers on `table`, in name order. */
+export async function triggersOn(sql: Sql, table: string): Promise<string[]> {
+  const rows = await sql<{ name: string }[]>`
+    select tgname as name from pg_trigger
+    where tgrelid = ${table}::regclass and not tgisinternal order by 1`;
+  return rows.map((r) => r.name);
+}
+
+/** How `table` is tracked (pg2kafka.tracked_tables), or undefined. */
+export async function trackedAs(
+  sql: Sql,
+  table: string,
+): Promise<{ column: string; fullRow: boolean; capturing: boolean } | undefined> {
+  const [row] = await sql<{ column: string; full_row: boolean; capturing: boolean }[]>`
+    select external_id_column as column, full_row, capturing from pg2kafka.tracked_tables
+    where table_oid = ${table}::regclass`;
+  return row && { column: row.column, fullRow: row.full_row, capturing: row.capturing };
+}
+
 export interface QueuedEvent {
   id: string;
   part: number;

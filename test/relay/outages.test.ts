@@ -6,7 +6,7 @@
  * lines logged, how hard the relay hits the server, and which events arrived.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { migrate } from '../../src/capture/migrate.ts';
 import { startRelay } from '../../src/commands/relay.ts';
 import type { Status } from '../../src/commands/status.ts';
@@ -14,13 +14,24 @@ import { parseConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/logger.ts';
 import { PgProxy } from '../pg-proxy.ts';
 import { sleep, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
-import { cliEnv, RelayProcess, runCli, useRelays } from './support.ts';
+import { cliEnv, runCli, useRelays } from './support.ts';
 
 const db = useTestDatabase();
 /** A database nobody migrated. */
 const bare = useTestDatabase();
 const kafka = useKafka();
 const { relay, queueDepth } = useRelays(db, kafka);
+
+/** Proxies in front of the test database, closed after the file. */
+const proxies: PgProxy[] = [];
+async function startProxy(): Promise<PgProxy> {
+  const proxy = await PgProxy.start(db.url);
+  proxies.push(proxy);
+  return proxy;
+}
+after(async () => {
+  await Promise.all(proxies.map((p) => p.close()));
+});
 
 /** A port nothing listens on: connections are refused at once. */
 const NO_BROKER = '127.0.0.1:1';
@@ -45,28 +56,17 @@ for (const [what, change, expected] of [
     `${what}: the relay says so and exits 2 at start, after one attempt`,
     { timeout: 90_000 },
     async () => {
-      const proxy = await PgProxy.start(db.url);
-      try {
-        const started = Date.now();
-        const r = new RelayProcess({
-          DATABASE_URL: change(proxy.url(db.url)),
-          KAFKA_BROKERS: kafka.brokers.join(','),
-        });
-        try {
-          const { code } = await r.exited;
-          assert.equal(code, 2, r.stderrText.join('\n'));
-          assert.ok(Date.now() - started < 15_000, 'exited within 15 s');
-          const text = r.stderrText.join('\n');
-          assert.match(text, expected);
-          assert.match(text, /refused the connection/);
-          assert.match(text, new RegExp(`127\\.0\\.0\\.1:${proxy.port}`), 'names the host');
-          assert.ok(proxy.attempts <= 2, `${proxy.attempts} connection attempts`);
-        } finally {
-          await r.kill();
-        }
-      } finally {
-        await proxy.close();
-      }
+      const proxy = await startProxy();
+      const started = Date.now();
+      const r = relay({ DATABASE_URL: change(proxy.url(db.url)) });
+      const { code } = await r.exited;
+      assert.equal(code, 2, r.stderrText.join('\n'));
+      assert.ok(Date.now() - started < 15_000, 'exited within 15 s');
+      const text = r.stderrText.join('\n');
+      assert.match(text, expected);
+      assert.match(text, /refused the connection/);
+      assert.match(text, new RegExp(`127\\.0\\.0\\.1:${proxy.port}`), 'names the host');
+      assert.ok(proxy.attempts <= 2, `${proxy.attempts} connection attempts`);
     },
   );
 }
@@ -76,17 +76,13 @@ test(
   { timeout: 90_000 },
   async () => {
     await bare.ready;
-    const r = new RelayProcess({ DATABASE_URL: bare.url, KAFKA_BROKERS: kafka.brokers.join(',') });
-    try {
-      const { code } = await r.exited;
-      assert.equal(code, 2, r.stderrText.join('\n'));
-      const text = r.stderrText.join('\n');
-      assert.match(text, /pg2kafka migrate/);
-      assert.match(text, /PERFORM_MIGRATIONS=true/);
-      assert.doesNotMatch(text, /relation .* does not exist/);
-    } finally {
-      await r.kill();
-    }
+    const r = relay({ DATABASE_URL: bare.url });
+    const { code } = await r.exited;
+    assert.equal(code, 2, r.stderrText.join('\n'));
+    const text = r.stderrText.join('\n');
+    assert.match(text, /pg2kafka migrate/);
+    assert.match(text, /PERFORM_MIGRATIONS=true/);
+    assert.doesNotMatch(text, /relation .* does not exist/);
   },
 );
 
@@ -96,60 +92,52 @@ test(
   async () => {
     await db.sql`create table restart_t (k text primary key, v int not null)`;
     await db.sql`select pg2kafka.setup('restart_t', 'k')`;
-    const proxy = await PgProxy.start(db.url);
-    try {
-      const r = relay({ DATABASE_URL: proxy.url(db.url) });
-      await r.waitForLog('active: shipping events');
-      await db.sql`insert into restart_t values ('before', 1)`;
-      await waitFor('the first event shipped', async () => (await queueDepth()) === 0);
-      const before = proxy.attempts;
-      const logsBefore = r.logs.length;
-      proxy.goDown();
-      await db.sql`insert into restart_t values ('during', 1)`;
-      await sleep(6_000);
-      const during = proxy.attempts - before;
-      proxy.goUp();
-      // Three retry chains at most (the loop, the lease heartbeat, the listener), each with
-      // a backoff from 100 ms doubling: about 6 attempts each in 6 s. A flood is hundreds.
-      assert.ok(
-        during <= 24,
-        `${during} connection attempts in 6 s: ${JSON.stringify([...proxy.attemptsBy])}`,
-      );
-      const listenerLines = r.logs
-        .slice(logsBefore)
-        .filter((l) => l.msg.includes('cannot LISTEN')).length;
-      assert.ok(listenerLines <= 8, `${listenerLines} "cannot LISTEN" lines in 6 s`);
-      await waitFor(
-        'the queue drained after the outage',
-        async () => (await queueDepth()) === 0,
-        30_000,
-      );
-      const messages = await kafka.consume(`pg2kafka.${db.name}.restart_t`, 2, 30_000);
-      assert.deepEqual(
-        messages.map((m) => m.key),
-        ['before', 'during'],
-      );
-      assert.equal((await r.stop()).code, 0);
-    } finally {
-      await proxy.close();
-    }
+    const proxy = await startProxy();
+    const r = relay({ DATABASE_URL: proxy.url(db.url) });
+    await r.waitForLog('active: shipping events');
+    await db.sql`insert into restart_t values ('before', 1)`;
+    await waitFor('the first event shipped', async () => (await queueDepth()) === 0);
+    const before = proxy.attempts;
+    const logsBefore = r.logs.length;
+    proxy.goDown();
+    await db.sql`insert into restart_t values ('during', 1)`;
+    await sleep(6_000);
+    const during = proxy.attempts - before;
+    proxy.goUp();
+    // Three retry chains at most (the loop, the lease heartbeat, the listener), each with
+    // a backoff from 100 ms doubling: about 6 attempts each in 6 s. A flood is hundreds.
+    assert.ok(
+      during <= 24,
+      `${during} connection attempts in 6 s: ${JSON.stringify([...proxy.attemptsBy])}`,
+    );
+    const listenerLines = r.logs
+      .slice(logsBefore)
+      .filter((l) => l.msg.includes('cannot LISTEN')).length;
+    assert.ok(listenerLines <= 8, `${listenerLines} "cannot LISTEN" lines in 6 s`);
+    await waitFor(
+      'the queue drained after the outage',
+      async () => (await queueDepth()) === 0,
+      30_000,
+    );
+    const messages = await kafka.consume(`pg2kafka.${db.name}.restart_t`, 2, 30_000);
+    assert.deepEqual(
+      messages.map((m) => m.key),
+      ['before', 'during'],
+    );
+    assert.equal((await r.stop()).code, 0);
   },
 );
 
 test('SIGTERM while PostgreSQL is down: exit 0 within 10 s', { timeout: 90_000 }, async () => {
-  const proxy = await PgProxy.start(db.url);
-  try {
-    const r = relay({ DATABASE_URL: proxy.url(db.url) });
-    await r.waitForLog('active: shipping events');
-    proxy.goDown();
-    await sleep(2_000);
-    const stoppedAt = Date.now();
-    const { code } = await r.stop();
-    assert.equal(code, 0, r.stderrText.slice(-5).join('\n'));
-    assert.ok(Date.now() - stoppedAt < 10_000, `exited after ${Date.now() - stoppedAt} ms`);
-  } finally {
-    await proxy.close();
-  }
+  const proxy = await startProxy();
+  const r = relay({ DATABASE_URL: proxy.url(db.url) });
+  await r.waitForLog('active: shipping events');
+  proxy.goDown();
+  await sleep(2_000);
+  const stoppedAt = Date.now();
+  const { code } = await r.stop();
+  assert.equal(code, 0, r.stderrText.slice(-5).join('\n'));
+  assert.ok(Date.now() - stoppedAt < 10_000, `exited after ${Date.now() - stoppedAt} ms`);
 });
 
 test(

@@ -90,11 +90,13 @@ export function cliEnv(
   };
 }
 
-/** Runs a pg2kafka command to completion. */
+/** Runs a pg2kafka command to completion (killed with SIGKILL after `killAfterMs`, if given). */
 export async function runCli(
   args: string[],
   env: Record<string, string | undefined>,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  killAfterMs?: number,
+): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
+  const started = Date.now();
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -104,8 +106,11 @@ export async function runCli(
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
   child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  const timer =
+    killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  return { code, stdout, stderr };
+  clearTimeout(timer);
+  return { code, stdout, stderr, ms: Date.now() - started };
 }
 
 /**
