@@ -98,7 +98,7 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
             retryInMs: event.retryInMs,
             err: event.error,
           },
-          `cannot ship events now, retrying in ${event.retryInMs} ms: ${event.error instanceof Error ? event.error.message : String(event.error)}`,
+          `${event.stage === 'floor' ? 'cannot raise the queue floor (shipping goes on)' : 'cannot ship events now'}, retrying in ${event.retryInMs} ms: ${event.error instanceof Error ? event.error.message : String(event.error)}`,
         );
         break;
       case 'topic-held':
