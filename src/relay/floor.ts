@@ -185,6 +185,8 @@ export class FloorKeeper {
   private candidates: Candidate[] = [];
   private lastStep = -Infinity;
   private running: Promise<void> | undefined;
+  /** Bumped by reset(): a step begun before must not raise with what it knew. */
+  private generation = 0;
 
   constructor(
     private readonly store: QueueFloor,
@@ -217,6 +219,19 @@ export class FloorKeeper {
       });
   }
 
+  /**
+   * Forgets every id and candidate, on each new lease: the queue may have been dropped and
+   * migrated again meanwhile (its ids restart at 1), and a candidate from before would
+   * raise the floor past ids that were never read.
+   */
+  reset(): void {
+    this.generation += 1;
+    this.highest = undefined;
+    this.knownFloor = undefined;
+    this.candidates = [];
+    this.lastStep = -Infinity;
+  }
+
   /** Resolves once no step is running (for stopping). */
   async settled(): Promise<void> {
     await this.running;
@@ -232,8 +247,10 @@ export class FloorKeeper {
   }
 
   private async step(lease: Lease, upTo: bigint): Promise<void> {
+    const generation = this.generation;
     if (this.candidates.at(-1)?.upTo !== upTo) {
       const now = await this.store.writers(upTo);
+      if (generation !== this.generation) return;
       this.knownFloor = now.floor;
       this.remember(upTo, now.floor, now.writers);
       await new Promise((resolve) => setTimeout(resolve, RECHECK_MS).unref());
@@ -241,13 +258,14 @@ export class FloorKeeper {
     const newest = this.candidates.at(-1);
     if (!newest) return;
     const live = await this.store.writers(newest.upTo);
+    if (generation !== this.generation) return;
     this.knownFloor = live.floor;
     const final = this.takeFinal(live);
     if (!final) return;
     // live.lowest is the lowest id queued in [floor, newest.upTo]: a raise to final.upTo
     // stops there too if it is below, else at final.upTo + 1. Too small a step: no lock.
     const reach = live.lowest <= final.upTo ? live.lowest : final.upTo + 1n;
-    if (reach < live.floor + FLOOR_MIN_STEP) return;
+    if (reach < live.floor + FLOOR_MIN_STEP || generation !== this.generation) return;
     const raised = await this.store.raise(lease, final.upTo);
     if (raised !== undefined) this.knownFloor = raised;
   }

@@ -299,6 +299,7 @@ export class Relay {
     if (performance.now() < this.standBackUntil) return false;
     const lease = await this.leases.acquire();
     if (!lease) return false;
+    this.floor.reset();
     try {
       // Keys parked by an earlier leader: their later changes follow them.
       this.parked.replace(await this.options.deadLetters.parkedKeys());

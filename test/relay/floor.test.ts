@@ -303,7 +303,7 @@ test('a dead letter retried after the floor passed its id is shipped, ahead of i
       'key 1 and its follower in dead letters',
       async () => {
         const rows = await db.sql<{ id: string }[]>`
-          select id::text as id from pg2kafka.dead_letters where table_name = ${table} order by id`;
+          select d.id::text as id from pg2kafka.dead_letters d where table_name = ${table} order by d.id`;
         return rows.length === 2 && rows.map((row) => BigInt(row.id));
       },
       30_000,

@@ -215,15 +215,31 @@ test(
     await db.sql`select pg2kafka.setup('dropped_t', 'k')`;
     const r = relay({ POLL_INTERVAL_MS: '200' });
     await r.waitForLog('active: shipping events');
+    // Enough shipped for the queue floor to rise well above the ids a new schema starts at.
+    await db.sql`insert into dropped_t select 'k' || i, i from generate_series(1, 500) i`;
+    await waitFor('the floor above 300', async () => {
+      const [row] = await db.sql<{ floor: number }[]>`
+        select queue_floor::int as floor from pg2kafka.relay_lease`;
+      return (row?.floor ?? 0) > 300;
+    });
     await db.sql`drop schema pg2kafka cascade`;
     const line = await r.waitForLog('pg2kafka migrate', 20_000);
     assert.ok(line.level >= 50, `logged as an error: ${JSON.stringify(line)}`);
     await sleep(1_000);
     assert.equal(r.logs.filter((l) => l.msg.includes('pg2kafka migrate')).length <= 3, true);
     await migrate({ databaseUrl: db.url });
-    await db.sql`select pg2kafka.setup('dropped_t', 'k')`;
-    await db.sql`insert into dropped_t values ('after', 1)`;
-    const [message] = await kafka.consume(`pg2kafka.${db.name}.dropped_t`, 1, 60_000);
+    // The relay takes the new lease and looks at its (new) floor while the queue is empty:
+    // what it knew of the old queue's ids must not raise the new floor past new ids.
+    await waitFor(
+      'the relay active again',
+      () => r.logs.filter((l) => l.msg === 'active: shipping events').length >= 2,
+      20_000,
+    );
+    await sleep(12_000);
+    await db.sql`create table resumed_t (k text primary key, v int not null)`;
+    await db.sql`select pg2kafka.setup('resumed_t', 'k')`;
+    await db.sql`insert into resumed_t values ('after', 1)`;
+    const [message] = await kafka.consume(`pg2kafka.${db.name}.resumed_t`, 1, 30_000);
     assert.equal(message?.key, 'after');
     assert.equal((await r.stop()).code, 0);
   },

@@ -81,7 +81,7 @@ interface DeadLetterRow {
 async function deadLetterRows(table: string): Promise<DeadLetterRow[]> {
   const rows = await db.sql<DeadLetterRow[]>`
     select id::text as id, external_id as key, statement, error_code, parked
-    from pg2kafka.dead_letters where table_name = ${table} order by id`;
+    from pg2kafka.dead_letters d where table_name = ${table} order by d.id`;
   return [...rows];
 }
 
