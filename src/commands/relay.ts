@@ -318,8 +318,8 @@ export async function startRelay(
       // STOP_LOOP_WAIT_MS: nothing unacknowledged was deleted, so nothing is lost.
       await Promise.all([within(STOP_LOOP_WAIT_MS, relay.stop()), listener?.stop()]);
       await within(1_000, idleFlag?.close());
-      await within(2_000, sink.close());
-      await within(2_000, sql.end({ timeout: 1 }));
+      await within(1_000, sink.close());
+      await within(1_000, sql.end({ timeout: 1 }));
     })();
     return shuttingDown;
   };

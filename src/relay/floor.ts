@@ -84,13 +84,6 @@ const REFRESH_INTERVALS = 10;
 export class QueueFloor {
   constructor(private readonly sql: postgres.Sql) {}
 
-  /** The floor as stored. */
-  async current(): Promise<bigint> {
-    const [row] = await this.sql<{ floor: string }[]>`
-      select queue_floor::text as floor from pg2kafka.relay_lease`;
-    return BigInt(row?.floor ?? '0');
-  }
-
   /**
    * The transactions that may be inserting into the queue now (granted RowExclusiveLock on
    * it, as virtual transaction ids), whether a prepared transaction is among them, the

@@ -7,10 +7,10 @@
  * every figure.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
 import {
-  collect,
+  useCollectors,
   useRelays,
   type ArrivedEvent,
   type Collector,
@@ -23,17 +23,7 @@ const { relay } = useRelays(db, kafka);
 
 const topicOf = (table: string): string => `pg2kafka.${db.name}.${table}`;
 
-const collectors: Collector[] = [];
-after(async () => {
-  await Promise.all(collectors.map((c) => c.stop()));
-});
-
-/** Collects a topic until stopped; whatever a test leaves running stops after the file. */
-async function collectTopic(topic: string): Promise<Collector> {
-  const collector = await collect(kafka.kafka, topic);
-  collectors.push(collector);
-  return collector;
-}
+const { collectTopic, collectors } = useCollectors(kafka.kafka);
 
 /**
  * Each message as "key STATEMENT" (with `withData`, its data as JSON after it), in arrival

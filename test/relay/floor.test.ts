@@ -11,29 +11,25 @@
  *   from the start of the index walks every dead entry the snapshot keeps.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
-import kafkajs from 'kafkajs';
+import { test } from 'node:test';
 import type postgres from 'postgres';
 import { FLOOR_MIN_STEP, FloorKeeper } from '../../src/relay/floor.ts';
 import { EventQueue } from '../../src/relay/queue.ts';
 import { vacuumHolder } from '../../src/relay/vacuum.ts';
 import { sleep, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
-import { collect, dedupe, useRelays, type ArrivedEvent, type Collector } from './support.ts';
+import {
+  dedupe,
+  setMaxMessageBytes,
+  useCollectors,
+  useRelays,
+  type ArrivedEvent,
+} from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
 const { relay, queueDepth } = useRelays(db, kafka);
 
-const collectors: Collector[] = [];
-after(async () => {
-  await Promise.all(collectors.map((c) => c.stop()));
-});
-
-async function collectTopic(topic: string): Promise<Collector> {
-  const collector = await collect(kafka.kafka, topic);
-  collectors.push(collector);
-  return collector;
-}
+const { collectTopic } = useCollectors(kafka.kafka);
 
 async function floorOf(sql: Sql | postgres.TransactionSql): Promise<bigint> {
   const [row] = await sql<{ floor: string }[]>`
@@ -253,34 +249,6 @@ test('out-of-order commits while the floor rises: slow transactions hold low ids
   }
 });
 
-/** From the default export: kafkajs's exports spread a module, so ESM sees no named one. */
-const TOPIC_RESOURCE = kafkajs.ConfigResourceTypes.TOPIC;
-
-async function setMaxMessageBytes(topic: string, maxMessageBytes: number): Promise<void> {
-  const admin = await kafka.admin();
-  try {
-    await admin.alterConfigs({
-      validateOnly: false,
-      resources: [
-        {
-          type: TOPIC_RESOURCE,
-          name: topic,
-          configEntries: [{ name: 'max.message.bytes', value: String(maxMessageBytes) }],
-        },
-      ],
-    });
-    await waitFor(`max.message.bytes=${maxMessageBytes} on ${topic}`, async () => {
-      const { resources } = await admin.describeConfigs({
-        includeSynonyms: false,
-        resources: [{ type: TOPIC_RESOURCE, name: topic, configNames: ['max.message.bytes'] }],
-      });
-      return resources[0]?.configEntries[0]?.configValue === String(maxMessageBytes);
-    });
-  } finally {
-    await admin.disconnect();
-  }
-}
-
 test('a dead letter retried after the floor passed its id is shipped, ahead of its key’s later change', async () => {
   const table = 'retried_t';
   await db.sql.unsafe(`create table ${table} (id int primary key, v int not null, blob text)`);
@@ -320,7 +288,7 @@ test('a dead letter retried after the floor passed its id is shipped, ahead of i
       100,
     );
 
-    await setMaxMessageBytes(topic, 1_000_000);
+    await setMaxMessageBytes(kafka, topic, 1_000_000);
     const { retried, floorAfter } = await db.sql.begin(async (tx) => {
       const rows = await tx<{ id: string }[]>`select pg2kafka.retry_dead_letters() as id`;
       return { retried: rows.map((row) => BigInt(row.id)), floorAfter: await floorOf(tx) };

@@ -8,9 +8,16 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import kafkajs from 'kafkajs';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
-import { cliEnv, collect, dedupe, runCli, useRelays, type ArrivedEvent } from './support.ts';
+import {
+  cliEnv,
+  collect,
+  dedupe,
+  runCli,
+  setMaxMessageBytes,
+  useRelays,
+  type ArrivedEvent,
+} from './support.ts';
 import type { DeadLetter } from '../../src/commands/dead-letters.ts';
 import type { Status } from '../../src/commands/status.ts';
 
@@ -23,8 +30,6 @@ const RELAY_ENV = { LOG_LEVEL: 'debug', POLL_INTERVAL_MS: '100' };
 /** The topics' max.message.bytes at first: small updates fit, a 5 kB row does not. */
 const SMALL_LIMIT = 3000;
 const BIG_BLOB = 5000;
-/** From the default export: kafkajs's exports spread a module, so ESM sees no named one. */
-const TOPIC_RESOURCE = kafkajs.ConfigResourceTypes.TOPIC;
 
 /** One line per event, for comparisons that read well when they fail. */
 const describe = (e: ArrivedEvent): string =>
@@ -42,32 +47,6 @@ async function capturedTable(prefix: string): Promise<{ table: string; topic: st
   const topic = `pg2kafka.${db.name}.${table}`;
   await kafka.createTopic(topic, 1, { 'max.message.bytes': String(SMALL_LIMIT) });
   return { table, topic };
-}
-
-/** Sets the topic's max.message.bytes and waits until the broker reports it. */
-async function setMaxMessageBytes(topic: string, maxMessageBytes: number): Promise<void> {
-  const admin = await kafka.admin();
-  try {
-    await admin.alterConfigs({
-      validateOnly: false,
-      resources: [
-        {
-          type: TOPIC_RESOURCE,
-          name: topic,
-          configEntries: [{ name: 'max.message.bytes', value: String(maxMessageBytes) }],
-        },
-      ],
-    });
-    await waitFor(`max.message.bytes=${maxMessageBytes} on ${topic}`, async () => {
-      const { resources } = await admin.describeConfigs({
-        includeSynonyms: false,
-        resources: [{ type: TOPIC_RESOURCE, name: topic, configNames: ['max.message.bytes'] }],
-      });
-      return resources[0]?.configEntries[0]?.configValue === String(maxMessageBytes);
-    });
-  } finally {
-    await admin.disconnect();
-  }
 }
 
 interface DeadLetterRow {
@@ -161,7 +140,7 @@ test('retry under concurrent writes: a parked key’s dead letters go back in or
     const firstId = parked[0]?.id ?? '';
 
     // Fix the cause, then retry the first dead letter while a writer keeps changing key 1.
-    await setMaxMessageBytes(topic, 1_000_000);
+    await setMaxMessageBytes(kafka, topic, 1_000_000);
     // The writer goes on until 20 updates after the retry returned (at most 5,000), so the
     // retry always runs while it writes, however slow the machine.
     let written = 0;

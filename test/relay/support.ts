@@ -2,10 +2,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before } from 'node:test';
-import type { Kafka } from 'kafkajs';
+import kafkajs, { type Kafka } from 'kafkajs';
 import { splitLines } from '../../scripts/kafka-broker.ts';
 import { migrate } from '../../src/capture/migrate.ts';
-import { deferred, uniqueName, waitFor, type Sql } from '../helpers.ts';
+import { deferred, uniqueName, waitFor, type Sql, type TestKafka } from '../helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -225,4 +225,59 @@ export function dedupe<T extends { uuid: string }>(
   const seen = new Set<string>();
   const unique = received.filter((r) => !seen.has(r.uuid) && seen.add(r.uuid));
   return { unique, duplicates: received.length - unique.length };
+}
+
+/** From the default export: kafkajs's exports spread a module, so ESM sees no named one. */
+const TOPIC_RESOURCE = kafkajs.ConfigResourceTypes.TOPIC;
+
+/** Sets the topic's max.message.bytes and waits until the broker reports it. */
+export async function setMaxMessageBytes(
+  kafka: TestKafka,
+  topic: string,
+  maxMessageBytes: number,
+): Promise<void> {
+  const admin = await kafka.admin();
+  try {
+    await admin.alterConfigs({
+      validateOnly: false,
+      resources: [
+        {
+          type: TOPIC_RESOURCE,
+          name: topic,
+          configEntries: [{ name: 'max.message.bytes', value: String(maxMessageBytes) }],
+        },
+      ],
+    });
+    await waitFor(`max.message.bytes=${maxMessageBytes} on ${topic}`, async () => {
+      const { resources } = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: TOPIC_RESOURCE, name: topic, configNames: ['max.message.bytes'] }],
+      });
+      return resources[0]?.configEntries[0]?.configValue === String(maxMessageBytes);
+    });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/**
+ * For test files that collect topics: `collectTopic` starts a collector; whatever a test
+ * leaves running stops after the file. `collectors` lists them all.
+ */
+export function useCollectors(client: Kafka): {
+  collectTopic: (topic: string) => Promise<Collector>;
+  collectors: Collector[];
+} {
+  const collectors: Collector[] = [];
+  after(async () => {
+    await Promise.all(collectors.map((c) => c.stop()));
+  });
+  return {
+    collectors,
+    async collectTopic(topic) {
+      const collector = await collect(client, topic);
+      collectors.push(collector);
+      return collector;
+    },
+  };
 }
