@@ -4,9 +4,11 @@
  * everywhere.
  *
  * Why a deadline of our own: postgres.js 3.4 retries a connection the server (or a
- * proxy in front of it) accepts and then closes before answering, at once and forever,
- * and never rejects the query waiting for it (its connect_timeout restarts with every
- * attempt). `checkConnection()` bounds the first round trip and names the host.
+ * proxy in front of it) accepts and then closes before answering, forever, and never
+ * rejects the query waiting for it (its connect_timeout restarts with every attempt).
+ * `checkConnection()` bounds the first round trip and names the host. Those retries (and
+ * every other connection) go through a Dialer (database-socket.ts), which backs off
+ * where postgres.js would reconnect at once.
  *
  * Errors are sorted by what the user must do:
  * - `DatabaseUnreachableError`: nothing answered in time, or the connection was refused.
@@ -23,6 +25,7 @@ import {
   explainCertificateError,
   postgresJsSsl,
 } from './database-tls.ts';
+import { Dialer } from './database-socket.ts';
 import { UsageError } from './errors.ts';
 
 /** How long a command waits for PostgreSQL's first answer. */
@@ -142,6 +145,10 @@ export function openPool(databaseUrl: string, options: PoolOptions = {}): postgr
   if (options.onclose) hooks.onclose = options.onclose;
   // TLS as DATABASE_URL's sslmode and sslrootcert say, the same for node-postgres (database-tls.ts).
   const tls = databaseTls(databaseUrl);
+  // Connections are opened by a Dialer, which backs off where postgres.js would flood a
+  // server that keeps ending them (database-socket.ts). Not in postgres.js's types.
+  const dialer = new Dialer();
+  hooks.socket = dialer.open;
   const sql = postgres(tls.url, {
     ...hooks,
     ssl: postgresJsSsl(tls),
@@ -153,6 +160,11 @@ export function openPool(databaseUrl: string, options: PoolOptions = {}): postgr
     ...(options.camelCase ? { transform: { column: { from: postgres.toCamel } } } : {}),
     onnotice: options.onnotice ?? (() => undefined),
   });
+  const end = sql.end.bind(sql);
+  sql.end = (endOptions) => {
+    dialer.end();
+    return end(endOptions);
+  };
   return sql;
 }
 

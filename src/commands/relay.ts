@@ -339,7 +339,11 @@ export async function relayCommand(config: Config, logger: Logger): Promise<numb
     }
     logger.info({ signal }, 'stopping: finishing the batch in flight');
     setTimeout(() => {
-      logger.error(`shutdown took longer than ${SHUTDOWN_TIMEOUT_MS} ms: exiting`);
+      // What still keeps the process alive, for whoever reads this line.
+      logger.error(
+        { pending: process.getActiveResourcesInfo() },
+        `shutdown took longer than ${SHUTDOWN_TIMEOUT_MS} ms: exiting`,
+      );
       process.exit(1);
     }, SHUTDOWN_TIMEOUT_MS).unref();
     stop.request();

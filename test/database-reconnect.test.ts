@@ -1,0 +1,102 @@
+/**
+ * How a pool from openPool() treats a server that is restarting: connections with queries
+ * in flight are cut, and every new one is answered "the database system is starting up"
+ * (57P03) and closed, as PostgreSQL does while it recovers. Counted at a TCP proxy in front
+ * of the test database: the pool backs off instead of reconnecting as fast as the server
+ * answers, comes back soon after the server does, and an ended pool connects no more.
+ */
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { openPool } from '../src/database.ts';
+import { PgProxy } from './pg-proxy.ts';
+import { sleep, useTestDatabase } from './helpers.ts';
+
+const db = useTestDatabase();
+
+const proxies: PgProxy[] = [];
+async function startProxy(): Promise<PgProxy> {
+  const proxy = await PgProxy.start(db.url);
+  proxies.push(proxy);
+  return proxy;
+}
+after(async () => {
+  await Promise.all(proxies.map((p) => p.close()));
+});
+
+/** A pool of three through `proxy`, with two slow queries in flight when it goes down. */
+async function poolCutMidQuery(proxy: PgProxy) {
+  const sql = openPool(proxy.url(db.url), { max: 3 });
+  await sql`select 1`;
+  const inFlight = [sql`select pg_sleep(2)`, sql`select pg_sleep(2)`].map((q) =>
+    q.then(
+      () => 'done',
+      (error: unknown) => (error instanceof Error ? error.message : String(error)),
+    ),
+  );
+  await sleep(200);
+  const before = proxy.attempts;
+  proxy.goDown();
+  return { sql, inFlight, before };
+}
+
+/** One `select 1` every 300 ms for `ms`, as a relay polling would; failures are expected. */
+async function queryEvery300Ms(sql: ReturnType<typeof openPool>, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    void sql`select 1`.catch(() => undefined);
+    await sleep(300);
+  }
+}
+
+test('a server starting up is not flooded: the pool backs off between connections', async (t) => {
+  const proxy = await startProxy();
+  const { sql, inFlight, before } = await poolCutMidQuery(proxy);
+  try {
+    await queryEvery300Ms(sql, 3_000);
+    const attempts = proxy.attempts - before;
+    t.diagnostic(`connection attempts in 3 s while down: ${attempts}`);
+    // Backoff from 100 ms doubling, for at most three connections: about 15 in 3 s. The
+    // flood this replaced was about 800 a second.
+    assert.ok(attempts <= 24, `${attempts} connection attempts in 3 s while the server was down`);
+    assert.deepEqual(
+      (await Promise.all(inFlight)).map((m) => m !== 'done'),
+      [true, true],
+      'the cut queries failed',
+    );
+  } finally {
+    proxy.goUp();
+    await sql.end({ timeout: 1 });
+  }
+});
+
+test('once the server is back the pool answers within the backoff it reached', async (t) => {
+  const proxy = await startProxy();
+  const { sql } = await poolCutMidQuery(proxy);
+  try {
+    await queryEvery300Ms(sql, 3_000);
+    proxy.goUp();
+    const started = Date.now();
+    const [row] = await sql<{ one: number }[]>`select 1 as one`;
+    assert.equal(row?.one, 1);
+    t.diagnostic(`answered ${Date.now() - started} ms after the server was back`);
+    // After 3 s of failures the delay is at most 3.2 s (backoff attempt 5).
+    assert.ok(Date.now() - started < 5_000, `answered after ${Date.now() - started} ms`);
+  } finally {
+    proxy.goUp();
+    await sql.end({ timeout: 1 });
+  }
+});
+
+test('an ended pool opens no more connections, even with queries queued', async () => {
+  const proxy = await startProxy();
+  const { sql } = await poolCutMidQuery(proxy);
+  const queued = sql`select 1`.catch(() => undefined);
+  await sleep(500);
+  await sql.end({ timeout: 1 });
+  await queued;
+  await sleep(200);
+  const afterEnd = proxy.attempts;
+  await sleep(2_000);
+  proxy.goUp();
+  assert.equal(proxy.attempts - afterEnd, 0, 'connection attempts after sql.end()');
+});
