@@ -5,6 +5,10 @@
  * should know. Checked every VACUUM_CHECK_MS by the active relay only (standbys would
  * repeat it), off the loop; one line per holder, repeated every VACUUM_REPEAT_MS while
  * it stays.
+ *
+ * A role without pg_read_all_stats cannot see when another role's transaction began: the
+ * age is then counted from the first check that saw the same pid with the same xmin (a
+ * lower bound, said as "at least"), and the line says which privilege shows more.
  */
 import type postgres from 'postgres';
 import type { Logger } from '../logger.ts';
@@ -20,25 +24,36 @@ export interface VacuumWatchOptions {
   warnAfterMs?: number;
 }
 
-/** What the warning says about `holder`. */
-export function describeVacuumHolder(holder: VacuumHolder): string {
+/**
+ * What the warning says about `holder`; `seenForS` is how long the watch has seen it, for
+ * a holder whose start this role cannot see.
+ */
+export function describeVacuumHolder(holder: VacuumHolder, seenForS?: number): string {
   const age =
-    holder.transactionSeconds === undefined
-      ? `${holder.xidAge} transactions`
-      : `${Math.round(holder.transactionSeconds)} s`;
+    holder.transactionSeconds !== undefined
+      ? `${Math.round(holder.transactionSeconds)} s`
+      : seenForS !== undefined
+        ? `at least ${Math.round(seenForS)} s`
+        : `${holder.xidAge} transactions`;
   const parts = [
     `pid ${holder.pid}`,
     `application "${holder.applicationName}"`,
     holder.userName === undefined ? undefined : `user "${holder.userName}"`,
     holder.state === undefined ? undefined : `state "${holder.state}"`,
   ].filter((p) => p !== undefined);
-  return `a transaction open for ${age} (${parts.join(', ')}) holds vacuum back: the rows the relay deletes cannot be removed until it ends`;
+  const hidden =
+    holder.transactionSeconds === undefined && holder.state === undefined
+      ? '; its start, state and query are hidden from this role (grant it pg_read_all_stats to see them)'
+      : '';
+  return `a transaction open for ${age} (${parts.join(', ')}) holds vacuum back: the rows the relay deletes cannot be removed until it ends${hidden}`;
 }
 
 export class VacuumWatch {
   private timer: NodeJS.Timeout | undefined;
   private active = false;
   private warned = new Map<number, number>();
+  /** When a holder whose start is hidden was first seen, by pid and xmin; only the latest. */
+  private firstSeen: { key: string; at: number } | undefined;
   private checking = false;
 
   constructor(
@@ -66,8 +81,9 @@ export class VacuumWatch {
     this.checking = true;
     try {
       const holder = await vacuumHolder(this.sql);
+      const seenForS = holder && this.seenFor(holder);
       const warnAfterS = (this.options.warnAfterMs ?? VACUUM_WARN_AFTER_MS) / 1000;
-      if (!holder || (holder.transactionSeconds ?? 0) < warnAfterS) return;
+      if (!holder || (holder.transactionSeconds ?? seenForS ?? 0) < warnAfterS) return;
       const last = this.warned.get(holder.pid);
       if (last !== undefined && Date.now() - last < VACUUM_REPEAT_MS) return;
       this.warned.clear();
@@ -78,14 +94,23 @@ export class VacuumWatch {
           applicationName: holder.applicationName,
           state: holder.state,
           transactionSeconds: holder.transactionSeconds,
+          ...(seenForS === undefined ? {} : { seenForSeconds: Math.round(seenForS) }),
           query: holder.query,
         },
-        describeVacuumHolder(holder),
+        describeVacuumHolder(holder, seenForS),
       );
     } catch {
       // The database is unreachable: the loop says so already.
     } finally {
       this.checking = false;
     }
+  }
+
+  /** Seconds since this watch first saw `holder`, when its own start is hidden. */
+  private seenFor(holder: VacuumHolder): number | undefined {
+    if (holder.transactionSeconds !== undefined) return undefined;
+    const key = `${holder.pid}/${holder.xmin}`;
+    if (this.firstSeen?.key !== key) this.firstSeen = { key, at: Date.now() };
+    return (Date.now() - this.firstSeen.at) / 1000;
   }
 }

@@ -13,8 +13,9 @@
  * prepared transactions (pg_prepared_xacts) and replication slots (pg_replication_slots).
  *
  * Privileges: without pg_read_all_stats (or being the same role), pg_stat_activity still
- * shows another role's pid, application name and xmin, but not its state, start times or
- * query: those come back undefined.
+ * shows another role's pid, application name and xmin, but not its state, start times,
+ * backend type or query: those come back undefined (VacuumWatch then counts the time
+ * from when it first saw that pid and xmin).
  */
 import type postgres from 'postgres';
 
@@ -22,6 +23,8 @@ export interface VacuumHolder {
   pid: number;
   /** Age in transactions of the older of its transaction id and its snapshot's xmin. */
   xidAge: number;
+  /** That older transaction id itself: with the pid, it tells one transaction from the next. */
+  xmin: string;
   /** Seconds since its transaction began (undefined when not visible or a WAL sender). */
   transactionSeconds: number | undefined;
   state: string | undefined;
@@ -41,6 +44,7 @@ export const QUERY_TEXT_CHARS = 120;
 interface Row {
   pid: number;
   age: number;
+  xmin: string;
   seconds: number | null;
   state: string | null;
   application: string | null;
@@ -58,6 +62,8 @@ export async function vacuumHolder(
   const [row] = await sql<Row[]>`
     select a.pid,
            greatest(age(a.backend_xid), age(a.backend_xmin)) as age,
+           case when a.backend_xmin is null or age(a.backend_xid) > age(a.backend_xmin)
+                then a.backend_xid else a.backend_xmin end::text as xmin,
            extract(epoch from clock_timestamp() - a.xact_start)::float8 as seconds,
            a.state, a.application_name as application, a.backend_type as backend,
            a.usename::text as username, a.xact_start as began, a.query_start as queried,
@@ -73,6 +79,7 @@ export async function vacuumHolder(
   return {
     pid: row.pid,
     xidAge: row.age,
+    xmin: row.xmin,
     transactionSeconds: row.seconds ?? undefined,
     state: row.state ?? undefined,
     applicationName: row.application ?? '',

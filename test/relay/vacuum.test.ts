@@ -1,12 +1,15 @@
 /**
  * vacuumHolder(): names the session whose snapshot or transaction id is the oldest in
  * this database (what keeps the queue's deleted rows from being vacuumed), never the
- * caller's own, and nothing once they have ended.
+ * caller's own, and nothing once they have ended. VacuumWatch warns about it, also when
+ * the relay's role may not see when another role's transaction began.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { createLogger } from '../../src/logger.ts';
+import { VacuumWatch } from '../../src/relay/vacuum-watch.ts';
 import { vacuumHolder } from '../../src/relay/vacuum.ts';
-import { useTestDatabase } from '../helpers.ts';
+import { uniqueName, useTestDatabase, waitFor } from '../helpers.ts';
 
 const db = useTestDatabase();
 
@@ -73,5 +76,47 @@ test('the oldest snapshot or transaction id of the database is named, then the n
     writer.release();
     await reports.end();
     await writers.end();
+  }
+});
+
+test('a role without pg_read_all_stats is still warned, with how long the relay has seen it', async () => {
+  await db.ready;
+  // Roles belong to the whole server: this one is dropped at the end.
+  const watcher = uniqueName('vacuum_watcher');
+  await db.sql.unsafe(`create role "${watcher}" login`);
+  const watcherSql = db.connect({ max: 1, user: watcher });
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = createLogger('info', {
+    write: (line: string) => {
+      lines.push(JSON.parse(line) as Record<string, unknown>);
+    },
+  });
+  const watch = new VacuumWatch(watcherSql, logger, { checkMs: 200, warnAfterMs: 1_000 });
+  watch.setActive(true);
+  watch.start();
+  // A superuser's report: the watcher sees its pid, application and xmin, not its start.
+  const reports = db.connect({ max: 1, connection: { application_name: 'nightly report' } });
+  try {
+    await reports.begin('isolation level repeatable read', async (tx) => {
+      const [me] = await tx<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      const seen = await vacuumHolder(watcherSql);
+      assert.equal(seen?.pid, me?.pid);
+      assert.equal(seen?.transactionSeconds, undefined, 'its start is hidden from the watcher');
+      const warning = await waitFor(
+        'the vacuum warning',
+        () => lines.find((l) => String(l.msg).includes('holds vacuum back')),
+        10_000,
+      );
+      assert.equal(warning.level, 40);
+      assert.equal(warning.pid, me?.pid);
+      assert.match(String(warning.msg), /open for at least 1 s/);
+      assert.match(String(warning.msg), /application "nightly report"/);
+      assert.match(String(warning.msg), /pg_read_all_stats/);
+    });
+  } finally {
+    watch.stop();
+    await reports.end();
+    await watcherSql.end();
+    await db.sql.unsafe(`drop role "${watcher}"`);
   }
 });
