@@ -160,12 +160,29 @@ export function openPool(databaseUrl: string, options: PoolOptions = {}): postgr
     ...(options.camelCase ? { transform: { column: { from: postgres.toCamel } } } : {}),
     onnotice: options.onnotice ?? (() => undefined),
   });
+  dialers.set(sql, dialer);
   const end = sql.end.bind(sql);
-  sql.end = (endOptions) => {
-    dialer.end();
-    return end(endOptions);
+  sql.end = async (endOptions) => {
+    dialer.close();
+    try {
+      await end(endOptions);
+    } finally {
+      dialer.destroyAll();
+    }
   };
   return sql;
+}
+
+const dialers = new WeakMap<postgres.Sql, Dialer>();
+
+/**
+ * A pool about to be ended (the relay shutting down): from now on a query that would need
+ * a new connection after failed ones fails at once (POOL_CLOSING) instead of waiting for
+ * the server, so a loop waiting on a database that is down can stop. Queries on a healthy
+ * server are not affected.
+ */
+export function stopReconnecting(sql: postgres.Sql): void {
+  dialers.get(sql)?.close();
 }
 
 /**

@@ -79,8 +79,8 @@ test('once the server is back the pool answers within the backoff it reached', a
     const [row] = await sql<{ one: number }[]>`select 1 as one`;
     assert.equal(row?.one, 1);
     t.diagnostic(`answered ${Date.now() - started} ms after the server was back`);
-    // After 3 s of failures the delay is at most 3.2 s (backoff attempt 5).
-    assert.ok(Date.now() - started < 5_000, `answered after ${Date.now() - started} ms`);
+    // However long the failures went on, the delay stops growing at 1.6 s.
+    assert.ok(Date.now() - started < 3_000, `answered after ${Date.now() - started} ms`);
   } finally {
     proxy.goUp();
     await sql.end({ timeout: 1 });

@@ -2,8 +2,10 @@
  * A TCP proxy in front of the test PostgreSQL that counts connection attempts and plays
  * an outage the way a restarting server does: while `down`, every new connection gets
  * PostgreSQL's own "the database system is starting up" FATAL (SQLSTATE 57P03) and is
- * closed, and going down cuts the connections already open. What the relay does to the
- * server during an outage is then countable: `attempts` since a moment.
+ * closed, and going down cuts the connections already open. Gone silent, it accepts new
+ * connections and never answers them (a host whose packets are dropped after the
+ * handshake). What the relay does to the server during an outage is then countable:
+ * `attempts` since a moment.
  */
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 
@@ -34,6 +36,7 @@ export class PgProxy {
   /** Connections accepted so far by the application_name of their startup message. */
   readonly attemptsBy = new Map<string, number>();
   private down = false;
+  private silent = false;
   private readonly open = new Set<Socket>();
 
   private readonly server: Server;
@@ -73,6 +76,7 @@ export class PgProxy {
     client.on('error', () => undefined);
     this.open.add(client);
     client.on('close', () => this.open.delete(client));
+    if (this.silent) return;
     if (this.down) {
       client.once('data', (startup: Buffer) => {
         const name = applicationName(startup);
@@ -96,6 +100,12 @@ export class PgProxy {
 
   goUp(): void {
     this.down = false;
+    this.silent = false;
+  }
+
+  /** New connections are accepted and never answered; open ones carry on. */
+  goSilent(): void {
+    this.silent = true;
   }
 
   async close(): Promise<void> {

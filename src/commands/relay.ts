@@ -22,6 +22,7 @@ import {
   explainConnectionError,
   isRefusedConnection,
   openPool,
+  stopReconnecting,
 } from '../database.ts';
 import { isTransientDatabaseError, UsageError } from '../errors.ts';
 import { DryRunSink } from '../kafka/dry-run-sink.ts';
@@ -155,6 +156,25 @@ class StopSignal {
     for (const wake of this.wakers) wake();
   }
 
+  /** True once `promise` settled without error, false if stop() came first; throws its error. */
+  async unless(promise: Promise<unknown>): Promise<boolean> {
+    if (this.requested) return false;
+    // Stopped first, the promise settles later with nobody waiting for it.
+    promise.catch(() => undefined);
+    let wake: (() => void) | undefined;
+    const stopped = new Promise<false>((resolve) => {
+      wake = () => {
+        resolve(false);
+      };
+      this.wakers.add(wake);
+    });
+    try {
+      return await Promise.race([promise.then(() => true), stopped]);
+    } finally {
+      if (wake) this.wakers.delete(wake);
+    }
+  }
+
   sleep(ms: number): Promise<void> {
     if (this.requested) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -178,7 +198,8 @@ async function prepareDatabase(config: Config, logger: Logger, stop: StopSignal)
   for (let attempt = 1; !stop.requested; attempt += 1) {
     const sql = openPool(config.databaseUrl);
     try {
-      await checkConnection(sql, config.databaseUrl);
+      // SIGTERM while the server has not answered yet stops at once (sql.end below).
+      if (!(await stop.unless(checkConnection(sql, config.databaseUrl)))) return false;
       if (config.performMigrations) {
         const result = await migrate({
           databaseUrl: config.databaseUrl,
@@ -313,6 +334,8 @@ export async function startRelay(
     stop.request();
     shuttingDown ??= (async () => {
       vacuumWatch.stop();
+      // A query waiting for a server that is down fails now instead of holding the loop.
+      stopReconnecting(sql);
       // The listener stops with the loop: during an outage it would keep retrying. A loop
       // waiting on a database or broker that does not answer is abandoned after
       // STOP_LOOP_WAIT_MS: nothing unacknowledged was deleted, so nothing is lost.

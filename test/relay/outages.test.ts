@@ -145,6 +145,19 @@ test('SIGTERM while PostgreSQL is down: exit 0 within 10 s', { timeout: 90_000 }
   assert.ok(Date.now() - stoppedAt < 10_000, `exited after ${Date.now() - stoppedAt} ms`);
 });
 
+test('SIGTERM while the relay waits for its first answer from PostgreSQL: exit 0 at once', async () => {
+  const proxy = await startProxy();
+  proxy.goSilent();
+  const r = relay({ DATABASE_URL: proxy.url(db.url) });
+  await r.waitForLog('pg2kafka relay starting');
+  await waitFor('the relay connecting', () => proxy.attempts > 0);
+  const stoppedAt = Date.now();
+  const { code } = await r.stop();
+  const ms = Date.now() - stoppedAt;
+  assert.equal(code, 0, r.stderrText.slice(-5).join('\n'));
+  assert.ok(ms < 3_000, `exited after ${ms} ms`);
+});
+
 test(
   'a leader that cannot reach Kafka gives the lease up, and a standby that can ships',
   { timeout: 90_000 },
