@@ -1,21 +1,28 @@
 -- setup() and teardown(): what a user calls to start and stop capturing a table.
 --
--- Snapshot without loss or doubles: setup takes SHARE ROW EXCLUSIVE on the table (what
--- CREATE TRIGGER needs anyway). It conflicts with writers but not with readers, and is
--- never ACCESS EXCLUSIVE. Holding it, setup installs the triggers and then copies every
--- row as a SNAPSHOT event, in one transaction:
---   - a writer that committed before the lock was granted is in the copy (READ COMMITTED:
---     the copy's statement takes its snapshot after the lock), and left no event;
---   - a writer that comes after waits for setup to commit, then fires the triggers, so
---     its event has a higher id than every SNAPSHOT event of the table.
--- That needs READ COMMITTED: under REPEATABLE READ the transaction's snapshot could
--- predate the lock and miss rows, so setup refuses to run there.
+-- setup takes SHARE ROW EXCLUSIVE on the table (what CREATE TRIGGER needs anyway). It
+-- conflicts with writers but not with readers, and is never ACCESS EXCLUSIVE. Holding
+-- it, setup installs the triggers. Then the rows the table already has become SNAPSHOT
+-- events, in one of two ways:
+--   - online (the default, for a table larger than one chunk, snapshot_chunk_rows()):
+--     setup only registers the copy in pg2kafka.snapshots and commits; the copy then
+--     runs in chunks, each one short transaction, while writers go on (sql/25_snapshots.sql
+--     says why that keeps per-key order, and who runs the chunks);
+--   - in setup's own transaction, under the lock (a table that fits in one chunk, a key
+--     that cannot be walked in order, or snapshot => 'locked'):
+--       - a writer that committed before the lock was granted is in the copy (READ
+--         COMMITTED: the copy's statement takes its snapshot after the lock), and left
+--         no event;
+--       - a writer that comes after waits for setup to commit, then fires the triggers,
+--         so its event has a higher id than every SNAPSHOT event of the table.
+--     That needs READ COMMITTED: under REPEATABLE READ the transaction's snapshot could
+--     predate the lock and miss rows, so setup refuses to run there.
 --
 -- The lock is requested with a short lock_timeout and retried with jitter: a DDL lock
 -- request that waits queues every later writer behind it, so waiting long for one slow
 -- transaction would stall the application. Writers wait at most for setup's transaction.
--- (Copying very large tables in chunks without holding the lock comes later; the
--- registry row is where its progress will be kept.)
+-- Two setups of one table at once (two deploys) take turns on a transaction advisory
+-- lock before either reads the registry, so the second sees what the first did.
 
 -- Who stands in the way of `mode` on `tbl` (or on one of its partitions or inheritance
 -- children, which LOCK TABLE takes too): one entry per session holding, or queued ahead
@@ -151,7 +158,15 @@ END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.drop_capture_triggers(regclass) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name_ref regclass, external_id_name text, full_row boolean DEFAULT false)
+-- Before 0.2.0 setup had no snapshot argument. Dropping that version (once, on upgrade)
+-- keeps setup('t', 'k') unambiguous; a GRANT EXECUTE on it must be given again.
+DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean);
+
+-- snapshot: 'online' (default), 'locked' (copy every row in setup's transaction, as
+-- before 0.2.0), or 'none' (capture changes only). external_id_name defaults to the
+-- table's single-column primary key.
+CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name_ref regclass, external_id_name text DEFAULT NULL,
+                                          full_row boolean DEFAULT false, snapshot text DEFAULT 'online')
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -161,10 +176,14 @@ SET datestyle = 'ISO, YMD'
 SET intervalstyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+-- Every row or an error, never a copy that row-level security filtered silently.
+SET row_security = off
 AS $$
 #variable_conflict use_variable
 DECLARE
   rel record;
+  online boolean;
+  fits boolean;
   key_attnum smallint;
   problem text;
   registered pg2kafka.tracked_tables;
@@ -172,9 +191,14 @@ DECLARE
   near_match name;
   snapshot_count bigint;
 BEGIN
-  IF table_name_ref IS NULL OR external_id_name IS NULL OR full_row IS NULL THEN
-    RAISE EXCEPTION 'pg2kafka.setup(table, external_id_column [, full_row]) needs all of its arguments'
+  IF table_name_ref IS NULL OR full_row IS NULL OR snapshot IS NULL THEN
+    RAISE EXCEPTION 'pg2kafka.setup(table [, external_id_column [, full_row [, snapshot]]]) needs a table, and no NULL in the others'
       USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF snapshot NOT IN ('online', 'locked', 'none') THEN
+    RAISE EXCEPTION 'pg2kafka.setup: snapshot must be ''online'', ''locked'' or ''none'', not %', quote_literal(snapshot)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = '''online'' copies the existing rows in chunks while writers go on, ''locked'' in setup''s own transaction, ''none'' not at all.';
   END IF;
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'pg2kafka.setup() must run in a READ COMMITTED transaction, not %',
@@ -211,6 +235,23 @@ BEGIN
   IF rel.nspname = 'pg2kafka' THEN
     RAISE EXCEPTION 'pg2kafka does not capture its own tables (%)', qualified
       USING ERRCODE = 'wrong_object_type';
+  END IF;
+
+  -- Two setups of this table take turns from here (the second then sees the first's row).
+  PERFORM pg_advisory_xact_lock(hashtext('pg2kafka.setup'), table_name_ref::oid::int4);
+
+  IF external_id_name IS NULL THEN
+    SELECT CASE WHEN i.indnkeyatts = 1 THEN a.attname END, i.indnkeyatts > 1
+    INTO external_id_name, fits
+    FROM pg_index i
+    LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = table_name_ref AND i.indisprimary;
+    IF external_id_name IS NULL THEN
+      RAISE EXCEPTION '% has %: name its external id column', qualified,
+        CASE WHEN fits THEN 'a primary key of several columns' ELSE 'no primary key' END
+        USING ERRCODE = 'undefined_column',
+              HINT = format('SELECT pg2kafka.setup(%L, <column>); the column''s value becomes the Kafka message key: a unique NOT NULL column.', qualified);
+    END IF;
   END IF;
 
   -- setup runs as pg2kafka's owner; the snapshot copies every row into the queue. So the
@@ -294,10 +335,38 @@ BEGIN
     'CREATE TRIGGER _pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
     table_name_ref);
 
-  EXECUTE format(
-    'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
-    table_name_ref::oid, 'SNAPSHOT', table_name_ref);
-  GET DIAGNOSTICS snapshot_count = ROW_COUNT;
+  -- Online needs a key to walk in order; a table of one chunk or less is copied here.
+  online := false;
+  IF snapshot = 'online' THEN
+    EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s LIMIT %s) r',
+                   pg2kafka.snapshot_chunk_rows(), table_name_ref, pg2kafka.snapshot_chunk_rows() + 1)
+    INTO fits;
+    online := NOT fits AND problem IS NULL;
+    IF NOT fits AND problem IS NOT NULL THEN
+      RAISE WARNING 'pg2kafka: % has no unique NOT NULL external id column to walk in chunks: its rows are copied under the table lock, and its writers wait for the whole copy', qualified
+        USING HINT = 'Set it up with a unique NOT NULL column (ideally the primary key) to copy it online.';
+    END IF;
+  END IF;
+  snapshot_count := 0;
+  DELETE FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref;
+  IF online THEN
+    INSERT INTO pg2kafka.snapshots (table_oid, key_column, rows_estimated)
+    VALUES (table_name_ref, external_id_name,
+            (SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END FROM pg_class c WHERE c.oid = table_name_ref));
+    snapshot_count := NULL;
+  ELSIF snapshot <> 'none' THEN
+    BEGIN
+      EXECUTE format(
+        'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
+        table_name_ref::oid, 'SNAPSHOT', table_name_ref);
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE EXCEPTION '%', SQLERRM
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = format('Row-level security would hide rows of %s from the snapshot. Let the role that owns schema pg2kafka (%s) bypass it (ALTER ROLE %s BYPASSRLS) or own the table.',
+                            qualified, current_user, quote_ident(current_user));
+    END;
+    GET DIAGNOSTICS snapshot_count = ROW_COUNT;
+  END IF;
 
   INSERT INTO pg2kafka.tracked_tables AS t
     (table_oid, schema_name, table_name, external_id_column, full_row, capturing, snapshot_rows)
@@ -307,10 +376,17 @@ BEGIN
     external_id_column = excluded.external_id_column, full_row = excluded.full_row,
     capturing = true, snapshot_rows = excluded.snapshot_rows, set_up_at = now(), torn_down_at = NULL;
 
-  RAISE NOTICE 'pg2kafka: capturing %, % existing row(s) queued as SNAPSHOT events', qualified, snapshot_count;
+  IF online THEN
+    RAISE NOTICE 'pg2kafka: capturing %; its existing rows%are copied online, in chunks, by the active relay (or pg2kafka snapshot, or CALL pg2kafka.run_snapshots())',
+      qualified, coalesce((SELECT ' (about ' || p.rows_estimated || ') ' FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref), ' ');
+  ELSIF snapshot = 'none' THEN
+    RAISE NOTICE 'pg2kafka: capturing %, without a snapshot of its existing rows', qualified;
+  ELSE
+    RAISE NOTICE 'pg2kafka: capturing %, % existing row(s) queued as SNAPSHOT events', qualified, snapshot_count;
+  END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.setup(regclass, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.setup(regclass, text, boolean, text) FROM PUBLIC;
 
 -- Stops capturing; events already queued stay and are still shipped. DROP TRIGGER needs
 -- ACCESS EXCLUSIVE for an instant, requested with the same short, retried timeout.

@@ -35,6 +35,7 @@ import { IdleFlag, REFUSED_RETRY_MS, startListener } from '../relay/listener.ts'
 import { EventQueue } from '../relay/queue.ts';
 import { Relay, type RelayEvent } from '../relay/relay.ts';
 import { VacuumWatch, type VacuumWatchOptions } from '../relay/vacuum-watch.ts';
+import { SnapshotRunner, type SnapshotRunnerOptions } from '../relay/snapshots.ts';
 import { within } from '../relay/within.ts';
 
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
@@ -273,6 +274,8 @@ export async function startRelay(
     stop?: StopSignal;
     /** When to warn about a transaction holding vacuum back (tests shorten it). */
     vacuumWatch?: VacuumWatchOptions;
+    /** Chunk size and pacing of the online snapshots (tests and the benchmark). */
+    snapshots?: SnapshotRunnerOptions;
   } = {},
 ): Promise<RunningRelay | undefined> {
   const log = logger.child({ component: 'relay' });
@@ -318,6 +321,18 @@ export async function startRelay(
     if (event.type === 'leadership') vacuumWatch.setActive(event.active);
   });
   vacuumWatch.start();
+  const snapshots = new SnapshotRunner(
+    sql,
+    log.child({ component: 'snapshot' }),
+    () => {
+      relay.wake();
+    },
+    options.snapshots,
+  );
+  relay.on((event) => {
+    if (event.type === 'leadership') snapshots.setActive(event.active);
+  });
+  snapshots.start();
   const listener = idleFlag
     ? startListener(
         config.databaseUrl,
@@ -338,8 +353,13 @@ export async function startRelay(
       stopReconnecting(sql);
       // The listener stops with the loop: during an outage it would keep retrying. A loop
       // waiting on a database or broker that does not answer is abandoned after
-      // STOP_LOOP_WAIT_MS: nothing unacknowledged was deleted, so nothing is lost.
-      await Promise.all([within(STOP_LOOP_WAIT_MS, relay.stop()), listener?.stop()]);
+      // STOP_LOOP_WAIT_MS: nothing unacknowledged was deleted, so nothing is lost. A
+      // snapshot chunk in flight commits or rolls back whole.
+      await Promise.all([
+        within(STOP_LOOP_WAIT_MS, relay.stop()),
+        within(STOP_LOOP_WAIT_MS, snapshots.stop()),
+        listener?.stop(),
+      ]);
       await within(1_000, idleFlag?.close());
       await within(1_000, sink.close());
       await within(1_000, sql.end({ timeout: 1 }));

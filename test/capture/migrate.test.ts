@@ -29,6 +29,7 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0002_relay_lease',
       '0003_dead_letters',
       '0004_queue_floor',
+      '0005_snapshots',
     ],
     functionsUpdated: true,
   });
@@ -69,9 +70,10 @@ test('two migrations at once both succeed and install once', async () => {
     '0002_relay_lease',
     '0003_dead_letters',
     '0004_queue_floor',
+    '0005_snapshots',
   ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 4);
+  assert.equal(count?.n, 5);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

@@ -404,15 +404,20 @@ test('setup reports a table that does not exist', async () => {
   });
 });
 
-test('setup refuses NULL arguments', async () => {
+test('setup refuses NULL arguments (a NULL key column means the primary key)', async () => {
   await db.sql`create table shipments (id int primary key)`;
   const needsAll = {
     code: '22004',
-    message: 'pg2kafka.setup(table, external_id_column [, full_row]) needs all of its arguments',
+    message:
+      'pg2kafka.setup(table [, external_id_column [, full_row [, snapshot]]]) needs a table, and no NULL in the others',
   };
   await assert.rejects(db.sql`select pg2kafka.setup(null, 'id')`, needsAll);
-  await assert.rejects(db.sql`select pg2kafka.setup('shipments', null)`, needsAll);
   await assert.rejects(db.sql`select pg2kafka.setup('shipments', 'id', null)`, needsAll);
+  await assert.rejects(db.sql`select pg2kafka.setup('shipments', 'id', false, null)`, needsAll);
+  await assert.rejects(db.sql`select pg2kafka.setup('shipments', 'id', false, 'later')`, {
+    code: '22023',
+    message: "pg2kafka.setup: snapshot must be 'online', 'locked' or 'none', not 'later'",
+  });
   assert.deepEqual(await captureState('shipments'), notCaptured);
 });
 

@@ -1,0 +1,233 @@
+/**
+ * Online snapshots, run by the active relay in the background: every pending snapshot
+ * (pg2kafka.snapshots, registered by setup() or resnapshot()) is copied chunk by chunk
+ * with pg2kafka.snapshot_chunk(), each chunk its own short transaction (sql/25_snapshots.sql
+ * says why that keeps per-key order).
+ *
+ * Interleaved with shipping: SNAPSHOT events queue ahead of every live change that comes
+ * after them, so the next chunk is copied only once the queue's backlog is under one
+ * chunk. A live change then waits behind at most about one chunk (5,000 events, a few
+ * hundred ms of shipping), and the snapshot goes as fast as the relay ships. The
+ * command line (`pg2kafka snapshot`) copies without that brake.
+ *
+ * Only the active relay copies (standbys would only take turns on the progress row);
+ * a relay that dies mid-snapshot leaves the progress of its last committed chunk, and
+ * the next active relay resumes there. A progress line at info every PROGRESS_EVERY_MS.
+ */
+import type postgres from 'postgres';
+import type { Logger } from '../logger.ts';
+import { backoffDelay } from './backoff.ts';
+
+/** How often an idle runner looks for a new pending snapshot. */
+export const SNAPSHOT_CHECK_MS = 2_000;
+/** How often the backlog is looked at while it is over one chunk. */
+const BACKLOG_CHECK_MS = 100;
+export const PROGRESS_EVERY_MS = 5_000;
+/** pg2kafka.snapshot_chunk_rows(): the backlog under which the next chunk is copied. */
+export const CHUNK_ROWS = 5_000;
+
+export interface SnapshotRunnerOptions {
+  /** Rows per chunk; pg2kafka.snapshot_chunk_rows() when unset. */
+  chunkRows?: number;
+  /** Copy the next chunk only while fewer events than this are queued (default: a chunk). */
+  backlogRows?: number;
+  checkMs?: number;
+  progressEveryMs?: number;
+}
+
+/** One pending snapshot, as pg2kafka.snapshots and pg_class know it. */
+export interface SnapshotProgress {
+  tableOid: string;
+  table: string;
+  rowsDone: number;
+  rowsEstimated: number | undefined;
+  startedAt: Date;
+  updatedAt: Date;
+  condition: string | undefined;
+}
+
+/** Rows every column name is one lowercase word of: the caller's pool may transform names. */
+interface ProgressRow {
+  oid: string;
+  name: string;
+  done: string;
+  estimated: string | null;
+  started: Date;
+  updated: Date;
+  condition: string | null;
+}
+
+/** Snapshots not finished yet, oldest first. */
+export async function pendingSnapshots(
+  sql: postgres.Sql | postgres.TransactionSql,
+): Promise<SnapshotProgress[]> {
+  const rows = await sql<ProgressRow[]>`
+    select p.table_oid::text as oid, p.table_oid::regclass::text as name,
+           p.rows_done::text as done, p.rows_estimated::text as estimated,
+           p.started_at as started, p.updated_at as updated, p.condition
+    from pg2kafka.snapshots p
+    where p.finished_at is null
+    order by p.started_at, p.table_oid`;
+  return rows.map((r) => ({
+    tableOid: r.oid,
+    table: r.name,
+    rowsDone: Number(r.done),
+    rowsEstimated: r.estimated === null ? undefined : Number(r.estimated),
+    startedAt: r.started,
+    updatedAt: r.updated,
+    condition: r.condition ?? undefined,
+  }));
+}
+
+/** One chunk of `tableOid`'s snapshot, in a transaction of its own. */
+export async function copyChunk(
+  sql: postgres.Sql,
+  tableOid: string,
+  chunkRows?: number,
+): Promise<{ rows: number; done: boolean }> {
+  const [row] = chunkRows
+    ? await sql<{ copied: string; finished: boolean }[]>`
+        select rows_copied::text as copied, done as finished
+        from pg2kafka.snapshot_chunk(${tableOid}::oid::regclass, ${chunkRows}::int)`
+    : await sql<{ copied: string; finished: boolean }[]>`
+        select rows_copied::text as copied, done as finished
+        from pg2kafka.snapshot_chunk(${tableOid}::oid::regclass)`;
+  return { rows: Number(row?.copied ?? 0), done: row?.finished ?? true };
+}
+
+/** Rate and remaining time of a snapshot, as status and the progress lines say them. */
+export function describeProgress(p: SnapshotProgress, now = Date.now()): string {
+  const seconds = Math.max(0.001, (now - p.startedAt.getTime()) / 1000);
+  const rate = p.rowsDone / seconds;
+  const parts = [
+    p.rowsEstimated
+      ? `${p.rowsDone} of about ${p.rowsEstimated} rows (${Math.min(100, Math.floor((100 * p.rowsDone) / p.rowsEstimated))}%)`
+      : `${p.rowsDone} rows`,
+    `${Math.round(rate)} rows/s`,
+  ];
+  if (p.rowsEstimated && rate > 0 && p.rowsEstimated > p.rowsDone) {
+    parts.push(`about ${Math.ceil((p.rowsEstimated - p.rowsDone) / rate)} s left`);
+  }
+  return parts.join(', ');
+}
+
+export class SnapshotRunner {
+  private active = false;
+  private stopped = false;
+  private running: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+
+  constructor(
+    private readonly sql: postgres.Sql,
+    private readonly logger: Logger,
+    /** Called after each chunk: the relay ships what it queued. */
+    private readonly onChunk: () => void,
+    private readonly options: SnapshotRunnerOptions = {},
+  ) {}
+
+  start(): void {
+    this.running ??= this.run();
+  }
+
+  /** Only the active relay copies. */
+  setActive(active: boolean): void {
+    this.active = active;
+    this.wakeUp?.();
+  }
+
+  /** Stops after the chunk in flight, if any (it commits or rolls back as a whole). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wakeUp?.();
+    await this.running;
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      try {
+        const copied = this.active ? await this.copyPending() : false;
+        failures = 0;
+        if (!copied) await this.pause(this.options.checkMs ?? SNAPSHOT_CHECK_MS);
+      } catch (error) {
+        failures += 1;
+        const retryInMs = backoffDelay(failures);
+        this.logger.warn(
+          { err: error, retryInMs },
+          `cannot copy snapshot chunks now, retrying in ${retryInMs} ms: ${error instanceof Error ? error.message : String(error)}`,
+        );
+        await this.pause(retryInMs);
+      }
+    }
+  }
+
+  /** Copies pending snapshots while active; false when there was none. */
+  private async copyPending(): Promise<boolean> {
+    const [next] = await pendingSnapshots(this.sql);
+    if (!next) return false;
+    this.logger.info(
+      { table: next.table, rowsDone: next.rowsDone, rowsEstimated: next.rowsEstimated },
+      next.rowsDone === 0
+        ? `copying the existing rows of ${next.table} online${next.rowsEstimated ? ` (about ${next.rowsEstimated})` : ''}`
+        : `resuming the snapshot of ${next.table} after ${next.rowsDone} rows`,
+    );
+    let progressAt = Date.now();
+    while (!this.stopped && this.active) {
+      if (!(await this.backlogBelowChunk())) {
+        await this.pause(BACKLOG_CHECK_MS);
+        continue;
+      }
+      const { done } = await copyChunk(this.sql, next.tableOid, this.options.chunkRows);
+      this.onChunk();
+      const everyMs = this.options.progressEveryMs ?? PROGRESS_EVERY_MS;
+      if (done || Date.now() - progressAt >= everyMs) {
+        progressAt = Date.now();
+        const [now] = await this.sql<{ done: string; outcome: string | null }[]>`
+          select p.rows_done::text as done, p.outcome from pg2kafka.snapshots p
+          where p.table_oid = ${next.tableOid}::oid`;
+        const progress = { ...next, rowsDone: Number(now?.done ?? 0) };
+        if (done) {
+          const seconds = Math.round((Date.now() - next.startedAt.getTime()) / 1000);
+          this.logger.info(
+            { table: next.table, rows: progress.rowsDone, outcome: now?.outcome ?? 'gone' },
+            now?.outcome === 'done'
+              ? `snapshot of ${next.table} done: ${progress.rowsDone} rows in ${seconds} s`
+              : `snapshot of ${next.table} stopped (${now?.outcome ?? 'no longer registered'}) after ${progress.rowsDone} rows`,
+          );
+          return true;
+        }
+        this.logger.info(
+          { table: next.table, rowsDone: progress.rowsDone, rowsEstimated: next.rowsEstimated },
+          `snapshot of ${next.table}: ${describeProgress(progress)}`,
+        );
+      }
+    }
+    return true;
+  }
+
+  /** Fewer events queued than one chunk (counted from the queue floor, at most that many). */
+  private async backlogBelowChunk(): Promise<boolean> {
+    const limit = this.options.backlogRows ?? this.options.chunkRows ?? CHUNK_ROWS;
+    const [row] = await this.sql<{ queued: number }[]>`
+      select count(*)::int as queued from (
+        select 1 from pg2kafka.captured_changes c
+        where c.id >= (select l.queue_floor from pg2kafka.relay_lease l)
+        limit ${limit}) q`;
+    return (row?.queued ?? 0) < limit;
+  }
+
+  private pause(ms: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      const wakeUp = (): void => {
+        done();
+      };
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeUp = wakeUp;
+    });
+  }
+}
