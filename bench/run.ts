@@ -6,9 +6,10 @@
  * samples and the machine's facts, to bench/results/<date>-<commit>.{json,md}.
  *
  * Cases: writers (trigger overhead), drain (events/s, with and without Kafka), latency
- * (created_at to a consumer's arrival), snapshot (setup() on a big table), memory (relay
- * RSS with a big backlog and the broker down), held-snapshot (fetch time and latency while
- * a REPEATABLE READ transaction holds vacuum back, against the same run with none). Not
+ * (created_at to a consumer's arrival), snapshot (a big table's existing rows copied by
+ * setup() under the table lock, against the online copy in chunks), memory (relay RSS
+ * with a big backlog and the broker down), held-snapshot (fetch time and latency while a
+ * REPEATABLE READ transaction holds vacuum back, against the same run with none). Not
  * part of `npm test`: several minutes; --quick runs each case once, smaller.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
