@@ -90,3 +90,52 @@ export function collectNotices(): {
     },
   };
 }
+
+/** An event as the version oracle reads it: from the queue or from a consumer. */
+export interface KeyedEvent {
+  key: string | null;
+  statement: string;
+  data: Record<string, unknown>;
+}
+
+/**
+ * The version oracle of online snapshots, for a table (k int primary key, v int) whose
+ * rows start at v = 1 and whose writers only raise v by one or insert new keys at v = 1.
+ * Per key, in shipping order: a SNAPSHOT carries exactly the version of the changes
+ * already sent (never older, never newer); an UPDATE raises it by one (one for a row not
+ * copied yet comes first, carrying only what changed); an INSERT starts at 1. Returns
+ * every violation (empty when the history is right), the SNAPSHOT count and the last
+ * version per key.
+ */
+export function snapshotViolations(events: readonly KeyedEvent[]): {
+  violations: string[];
+  snapshots: Map<string, number>;
+  state: Map<string, number>;
+} {
+  const state = new Map<string, number>();
+  const snapshots = new Map<string, number>();
+  const violations: string[] = [];
+  for (const e of events) {
+    const key = e.key ?? '(null)';
+    const v = Number(e.data.v);
+    const known = state.get(key);
+    const at = `key ${key} ${e.statement} v=${v}`;
+    if (e.statement === 'SNAPSHOT') {
+      snapshots.set(key, (snapshots.get(key) ?? 0) + 1);
+      if (known !== undefined && v !== known) {
+        violations.push(`${at}: ${v < known ? 'older' : 'newer'} than v=${known} already sent`);
+      }
+    } else if (e.statement === 'INSERT') {
+      if (known !== undefined) violations.push(`${at}: inserted after v=${known}`);
+      else if (v !== 1) violations.push(`${at}: a new key starts at v=1`);
+    } else if (e.statement === 'UPDATE') {
+      if (known !== undefined && v !== known + 1) {
+        violations.push(`${at}: out of order after v=${known}`);
+      }
+    } else {
+      violations.push(`${at}: unexpected statement`);
+    }
+    state.set(key, v);
+  }
+  return { violations, snapshots, state };
+}

@@ -1,0 +1,225 @@
+/**
+ * The online snapshot's SQL, one interleaving at a time: a chunk reads its rows FOR
+ * SHARE, so a writer holding a row makes the chunk wait and its change queues first; a
+ * chunk without that lock (or with FOR KEY SHARE) queues an older row after a newer
+ * change, and the version oracle says so (it has teeth). Progress records the bound taken
+ * before reading; setup copies small tables itself and registers big ones; the trigger
+ * install waits behind a long transaction without stalling other writers or any reader.
+ */
+import assert from 'node:assert/strict';
+import { before, test } from 'node:test';
+import { sleep, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
+import { collectNotices, migrated, queuedEvents, snapshotViolations } from './support.ts';
+
+const db = useTestDatabase();
+
+before(async () => {
+  await migrated(db);
+});
+
+/** k 1..rows at v = 1, analyzed. */
+async function createTable(table: string, rows: number): Promise<void> {
+  await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
+  await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, ${rows}) g`);
+  await db.sql.unsafe(`analyze ${table}`);
+}
+
+/** The oracle over the queue of `table`, in shipping order. */
+async function oracle(table: string) {
+  const events = await queuedEvents(db.sql, table);
+  return snapshotViolations(
+    events.map((e) => ({ key: e.external_id, statement: e.statement, data: e.data })),
+  );
+}
+
+/** Is the backend `pid` waiting for a lock? */
+async function waitingForLock(pid: number): Promise<boolean> {
+  const [row] = await db.sql<{ waiting: boolean }[]>`
+    select wait_event_type = 'Lock' as waiting from pg_stat_activity where pid = ${pid}`;
+  return row?.waiting ?? false;
+}
+
+/**
+ * A writer raises k = 10 to v = 2 and holds its transaction open; `copy` copies the first
+ * chunk meanwhile on another connection; then the writer commits. Returns whether the
+ * copy had to wait for the writer, and the oracle's verdict on the queue.
+ */
+async function chunkAgainstOpenWriter(table: string, copy: (sql: Sql) => Promise<unknown>) {
+  await createTable(table, 12_000);
+  await db.sql.unsafe(`select pg2kafka.setup('${table}', 'k')`);
+  const writers = db.connect({ max: 1 });
+  const copiers = db.connect({ max: 1 });
+  const writer = await writers.reserve();
+  try {
+    await writer`begin`;
+    await writer.unsafe(`update ${table} set v = v + 1 where k = 10`);
+    const [me] = await copiers<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    const copying = copy(copiers);
+    // Either the copy waits for the writer's row lock, or it finishes without it.
+    const waited = await Promise.race([
+      waitFor('the copy waiting for the row lock', () => waitingForLock(me?.pid ?? 0), 3_000).then(
+        () => true,
+        () => false,
+      ),
+      copying.then(() => false),
+    ]);
+    await writer`commit`;
+    await copying;
+    return { waited, ...(await oracle(table)) };
+  } finally {
+    writer.release();
+    await writers.end();
+    await copiers.end();
+  }
+}
+
+test('a chunk waits for a writer holding one of its rows, and queues that row after its change', async () => {
+  const result = await chunkAgainstOpenWriter(
+    'locked_t',
+    (sql) => sql`select * from pg2kafka.snapshot_chunk('locked_t')`,
+  );
+  assert.equal(result.waited, true, 'the chunk waited for the writer');
+  assert.deepEqual(result.violations, []);
+  assert.equal(result.state.get('10'), 2, 'the SNAPSHOT of k = 10 carries the change');
+  assert.equal(result.snapshots.size, 5_000, 'one chunk of 5,000 rows');
+});
+
+/** The chunk's copy without FOR SHARE (`lock` ''), or with a weaker lock: a wrong variant. */
+function wrongChunk(table: string, lock: string) {
+  return (sql: Sql) =>
+    sql.unsafe(`
+      insert into pg2kafka.captured_changes (table_oid, statement, new_row)
+      select '${table}'::regclass::oid, 'SNAPSHOT', to_json(r)
+      from (select * from ${table} t where t.k <= 5000 order by t.k ${lock}) r`);
+}
+
+test('the oracle has teeth: a chunk read without a row lock queues an older row after a newer change', async () => {
+  const result = await chunkAgainstOpenWriter('unlocked_t', wrongChunk('unlocked_t', ''));
+  assert.equal(result.waited, false, 'nothing made the copy wait');
+  assert.deepEqual(result.violations, ['key 10 SNAPSHOT v=1: older than v=2 already sent']);
+});
+
+test('FOR KEY SHARE is not enough either: an UPDATE of other columns does not wait for it', async () => {
+  const result = await chunkAgainstOpenWriter(
+    'keyshare_t',
+    wrongChunk('keyshare_t', 'for key share'),
+  );
+  assert.equal(result.waited, false, 'nothing made the copy wait');
+  assert.deepEqual(result.violations, ['key 10 SNAPSHOT v=1: older than v=2 already sent']);
+});
+
+test('progress is the bound taken before reading, not the largest key copied', async () => {
+  await createTable('bound_t', 12_000);
+  await db.sql`select pg2kafka.setup('bound_t', 'k', snapshot => 'none')`;
+  await db.sql`select pg2kafka.resnapshot('bound_t', 'k <= 3 or k > 11998')`;
+  const progress = async () => {
+    const [row] = await db.sql<{ after: string | null; done: string; outcome: string | null }[]>`
+      select after_key as after, rows_done::text as done, outcome
+      from pg2kafka.snapshots where table_oid = 'bound_t'::regclass`;
+    return row && { afterKey: row.after, rowsDone: Number(row.done), outcome: row.outcome };
+  };
+  const chunks: unknown[] = [];
+  for (let i = 0; i < 3; i += 1) {
+    const [chunk] = await db.sql<{ rows: string; done: boolean }[]>`
+      select rows_copied::text as rows, done from pg2kafka.snapshot_chunk('bound_t')`;
+    chunks.push({ copied: Number(chunk?.rows), last: chunk?.done, ...(await progress()) });
+  }
+  // The first chunk's bound is the 5,000th key: recorded although only 1..3 matched.
+  assert.deepEqual(chunks, [
+    { copied: 3, last: false, afterKey: '5000', rowsDone: 3, outcome: null },
+    { copied: 0, last: false, afterKey: '10000', rowsDone: 3, outcome: null },
+    { copied: 2, last: true, afterKey: '10000', rowsDone: 5, outcome: 'done' },
+  ]);
+  const events = await queuedEvents(db.sql, 'bound_t');
+  assert.deepEqual(
+    events.map((e) => e.external_id),
+    ['1', '2', '3', '11999', '12000'],
+  );
+});
+
+test('setup copies a table of one chunk itself, registers a bigger one, and says which', async () => {
+  await createTable('one_chunk_t', 5_000);
+  await createTable('two_chunks_t', 5_001);
+  const { notices, onnotice } = collectNotices();
+  const sql = db.connect({ max: 1, onnotice });
+  try {
+    await sql`select pg2kafka.setup('one_chunk_t')`;
+    await sql`select pg2kafka.setup('two_chunks_t')`;
+  } finally {
+    await sql.end();
+  }
+  assert.deepEqual(
+    notices.map((n) => n.message),
+    [
+      'pg2kafka: capturing public.one_chunk_t, 5000 existing row(s) queued as SNAPSHOT events',
+      'pg2kafka: capturing public.two_chunks_t; its existing rows (about 5001) are copied online, in chunks, by the active relay (or pg2kafka snapshot, or CALL pg2kafka.run_snapshots())',
+    ],
+  );
+  assert.equal((await queuedEvents(db.sql, 'one_chunk_t')).length, 5_000);
+  assert.equal((await queuedEvents(db.sql, 'two_chunks_t')).length, 0);
+  const pending = await db.sql<{ table: string; key: string }[]>`
+    select table_oid::regclass::text as table, key_column as key
+    from pg2kafka.snapshots
+    where finished_at is null and table_oid in ('one_chunk_t'::regclass, 'two_chunks_t'::regclass)`;
+  assert.deepEqual(
+    pending.map((p) => ({ ...p })),
+    [{ table: 'two_chunks_t', key: 'k' }],
+  );
+});
+
+test('CALL pg2kafka.run_snapshots() copies every pending snapshot, a chunk per transaction', async () => {
+  await createTable('called_t', 12_000);
+  await db.sql`select pg2kafka.setup('called_t', 'k')`;
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const [row] = await db.sql<{ done: string; chunks: string; outcome: string }[]>`
+    select rows_done::text as done, chunks_done::text as chunks, outcome
+    from pg2kafka.snapshots where table_oid = 'called_t'::regclass`;
+  assert.deepEqual({ ...row }, { done: '12000', chunks: '3', outcome: 'done' });
+  const keys = new Set((await queuedEvents(db.sql, 'called_t')).map((e) => e.external_id));
+  assert.equal(keys.size, 12_000);
+});
+
+test('the trigger install waits behind a long transaction without stalling other writers or readers', async () => {
+  await createTable('waits_t', 100);
+  const holders = db.connect({ max: 1 });
+  const holder = await holders.reserve();
+  const probes = db.connect({ max: 2 });
+  let probing = true;
+  const longest = { write: 0, read: 0 };
+  const probe = async (kind: 'write' | 'read') => {
+    while (probing) {
+      const started = performance.now();
+      if (kind === 'write') await probes`update waits_t set v = v + 1 where k = 50`;
+      else await probes`select v from waits_t where k = 50`;
+      longest[kind] = Math.max(longest[kind], performance.now() - started);
+      await sleep(5);
+    }
+  };
+  try {
+    // A transaction that wrote the table and stays open: setup's lock must wait for it.
+    await holder`begin`;
+    await holder`update waits_t set v = v + 1 where k = 1`;
+    const loops = [probe('write'), probe('read')];
+    const setupStarted = Date.now();
+    const setup = db.sql`select pg2kafka.setup('waits_t', 'k')`;
+    await sleep(3_000);
+    const stillWaiting = await Promise.race([setup.then(() => false), sleep(0).then(() => true)]);
+    await holder`commit`;
+    await setup;
+    const setupMs = Date.now() - setupStarted;
+    probing = false;
+    await Promise.all(loops);
+    assert.equal(stillWaiting, true, 'setup waited for the open transaction');
+    assert.ok(setupMs >= 3_000, `setup returned after ${setupMs} ms`);
+    // Each of setup's lock attempts gives up after its lock_timeout (500 ms): a writer
+    // queued behind one waits no longer than that.
+    assert.ok(longest.write < 1_500, `the longest write took ${longest.write.toFixed(0)} ms`);
+    assert.ok(longest.read < 200, `the longest read took ${longest.read.toFixed(0)} ms`);
+  } finally {
+    holder.release();
+    await holders.end();
+    await probes.end();
+  }
+  const events = await queuedEvents(db.sql, 'waits_t');
+  assert.equal(events.filter((e) => e.statement === 'SNAPSHOT').length, 100);
+});

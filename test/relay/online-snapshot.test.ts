@@ -1,0 +1,213 @@
+/**
+ * Online snapshots end to end: a table set up while writers keep changing it is copied
+ * by the active relay in chunks, and what a consumer reads obeys the version oracle: per
+ * key, a SNAPSHOT is never older (nor newer) than the changes already received for that
+ * key, every change after it follows it, every row arrives as exactly one SNAPSHOT, and
+ * replaying the topic gives the table. The same with the relay SIGKILLed at chunks along
+ * the way: the next relay resumes where the last committed chunk ended.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Kafka, logLevel } from 'kafkajs';
+import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
+import { snapshotViolations } from '../capture/support.ts';
+import { dedupe, useCollectors, useRelays, type ArrivedEvent } from './support.ts';
+
+const db = useTestDatabase();
+const kafka = useKafka();
+const { relay, queueDepth } = useRelays(db, kafka);
+const client = new Kafka({
+  clientId: uniqueName('online-snapshot'),
+  brokers: kafka.brokers,
+  logLevel: logLevel.NOTHING,
+});
+const { collectTopic } = useCollectors(client);
+
+/** Twelve chunks of the default 5,000 rows. */
+const ROWS = 60_000;
+
+interface WriterTotals {
+  updates: number;
+  inserts: number;
+  /** The longest single statement of any writer, ms. */
+  longestMs: number;
+}
+
+/**
+ * `count` writers, each in a loop of short transactions: mostly `v = v + 1` on a random
+ * existing key, sometimes a new key above ROWS; each holds its transaction `holdMs`
+ * after its statement, as application transactions do other work.
+ */
+function startWriters(sql: Sql, table: string, count: number, holdMs = 2) {
+  let running = true;
+  let nextKey = ROWS + 1;
+  const totals: WriterTotals = { updates: 0, inserts: 0, longestMs: 0 };
+  const loops = Array.from({ length: count }, async () => {
+    while (running) {
+      await sql.begin(async (tx) => {
+        const started = performance.now();
+        if (Math.random() < 0.05) {
+          const k = nextKey++;
+          await tx.unsafe(`insert into ${table} (k, v) values ($1, 1)`, [k]);
+          totals.inserts += 1;
+        } else {
+          const k = 1 + Math.floor(Math.random() * ROWS);
+          const rows = await tx.unsafe(`update ${table} set v = v + 1 where k = $1 returning v`, [
+            k,
+          ]);
+          totals.updates += rows.length;
+        }
+        totals.longestMs = Math.max(totals.longestMs, performance.now() - started);
+        if (holdMs > 0) await tx`select pg_sleep(${holdMs / 1000})`;
+      });
+    }
+  });
+  return {
+    totals,
+    async stop(): Promise<WriterTotals> {
+      running = false;
+      await Promise.all(loops);
+      return totals;
+    },
+  };
+}
+
+async function createTable(table: string): Promise<void> {
+  await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
+  await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, ${ROWS}) g`);
+  await db.sql.unsafe(`analyze ${table}`);
+}
+
+async function snapshotState(table: string) {
+  const [row] = await db.sql<{ done: string; outcome: string | null; chunks: string }[]>`
+    select rows_done::text as done, outcome, chunks_done::text as chunks
+    from pg2kafka.snapshots where table_oid = ${table}::regclass`;
+  return row && { rowsDone: Number(row.done), outcome: row.outcome, chunks: Number(row.chunks) };
+}
+
+/** Waits until the collector holds `expected` distinct events; returns them deduplicated. */
+async function arrived(
+  collector: { received: ArrivedEvent[] },
+  expected: number,
+): Promise<{ unique: ArrivedEvent[]; duplicates: number }> {
+  await waitFor(
+    `${expected} distinct events (have ${dedupe(collector.received).unique.length})`,
+    () => dedupe(collector.received).unique.length >= expected,
+    120_000,
+    200,
+  );
+  await sleep(500);
+  return dedupe(collector.received);
+}
+
+/** Every original key exactly once as a SNAPSHOT, new keys at most once, the table replayed. */
+async function assertSnapshotHistory(table: string, events: readonly ArrivedEvent[]) {
+  const { violations, snapshots, state } = snapshotViolations(events);
+  assert.deepEqual(violations.slice(0, 10), [], `${violations.length} oracle violations`);
+  const missing: number[] = [];
+  const twice: string[] = [];
+  for (let k = 1; k <= ROWS; k += 1) {
+    const n = snapshots.get(String(k)) ?? 0;
+    if (n === 0) missing.push(k);
+  }
+  for (const [key, n] of snapshots) if (n > 1) twice.push(key);
+  assert.deepEqual(missing.slice(0, 10), [], `${missing.length} rows never arrived as a SNAPSHOT`);
+  assert.deepEqual(twice.slice(0, 10), [], `${twice.length} rows arrived as two SNAPSHOTs`);
+  const rows = await db.sql.unsafe<{ k: number; v: number }[]>(`select k, v from ${table}`);
+  assert.equal(state.size, rows.length, 'keys on the topic = rows in the table');
+  const differing = rows.filter((r) => state.get(String(r.k)) !== r.v).slice(0, 10);
+  assert.deepEqual(differing, [], 'replaying the topic gives the table');
+}
+
+test(
+  'an online snapshot under 16 writers: no SNAPSHOT older than a change sent, every row once, the table replayed',
+  { timeout: 240_000 },
+  async (t) => {
+    const table = 'busy_t';
+    await createTable(table);
+    const r = relay();
+    await r.waitForLog('active: shipping events');
+    await db.sql.unsafe(`select pg2kafka.setup('${table}', 'k')`);
+    // From here on every write is captured; the relay starts copying within seconds.
+    const writerPool = db.connect({ max: 16 });
+    const writers = startWriters(writerPool, table, 16);
+    const collector = await collectTopic(`pg2kafka.${db.name}.${table}`);
+    await waitFor(
+      'the relay finished the snapshot',
+      async () => (await snapshotState(table))?.outcome === 'done',
+      120_000,
+      100,
+    );
+    await sleep(300);
+    const totals = await writers.stop();
+    await writerPool.end();
+    t.diagnostic(
+      `writers during the snapshot: ${totals.updates} updates, ${totals.inserts} inserts; longest statement ${totals.longestMs.toFixed(1)} ms; ${JSON.stringify(await snapshotState(table))}`,
+    );
+    assert.ok(totals.updates > 1_000, `writers kept writing (${totals.updates} updates)`);
+    await waitFor('an empty queue', async () => (await queueDepth()) === 0, 120_000, 200);
+    const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
+    await assertSnapshotHistory(table, unique);
+    const progress = r.logs.filter((l) => l.msg.includes(`snapshot of ${table}`));
+    assert.ok(
+      progress.some((l) => /^snapshot of \S+ done: \d+ rows in \d+ s$/.test(l.msg)),
+      `a done line: ${progress.map((l) => l.msg).join(' | ')}`,
+    );
+    assert.equal((await r.stop()).code, 0);
+  },
+);
+
+test(
+  'the relay SIGKILLed twice mid-snapshot: the next one resumes, every row once, nothing reordered',
+  { timeout: 240_000 },
+  async (t) => {
+    const table = 'killed_t';
+    await createTable(table);
+    await db.sql.unsafe(`select pg2kafka.setup('${table}', 'k')`);
+    const writerPool = db.connect({ max: 8 });
+    const writers = startWriters(writerPool, table, 8);
+    const killedAt: number[] = [];
+    for (const atLeast of [15_000, 35_000]) {
+      const r = relay();
+      await waitFor(
+        `the snapshot past ${atLeast} rows`,
+        async () => ((await snapshotState(table))?.rowsDone ?? 0) >= atLeast,
+        120_000,
+        20,
+      );
+      await r.kill();
+      killedAt.push((await snapshotState(table))?.rowsDone ?? -1);
+      // The killed relay is gone: its lease may go at once rather than after its TTL.
+      await db.sql`update pg2kafka.relay_lease set expires_at = clock_timestamp()`;
+    }
+    const last = relay();
+    await waitFor(
+      'the last relay finished the snapshot',
+      async () => (await snapshotState(table))?.outcome === 'done',
+      120_000,
+      100,
+    );
+    const totals = await writers.stop();
+    await writerPool.end();
+    t.diagnostic(
+      `killed after ${killedAt.join(' and ')} rows; writers: ${totals.updates} updates, ${totals.inserts} inserts; ${JSON.stringify(await snapshotState(table))}`,
+    );
+    assert.ok(
+      killedAt.every((n) => n > 0 && n < ROWS),
+      `killed mid-snapshot: ${killedAt.join(', ')}`,
+    );
+    await waitFor('an empty queue', async () => (await queueDepth()) === 0, 120_000, 200);
+    const resumed = last.logs.find((l) => l.msg.startsWith(`resuming the snapshot of ${table}`));
+    assert.ok(
+      resumed,
+      `the last relay says it resumed: ${last.logs
+        .filter((l) => l.component === 'relay.snapshot')
+        .map((l) => l.msg)
+        .join(' | ')}`,
+    );
+    const collector = await collectTopic(`pg2kafka.${db.name}.${table}`);
+    const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
+    await assertSnapshotHistory(table, unique);
+    assert.equal((await last.stop()).code, 0);
+  },
+);
