@@ -161,7 +161,7 @@ async function snapshotOnce(side: Side, rows: number): Promise<SnapshotRun> {
 }
 
 export async function snapshot(ctx: BenchContext): Promise<Measure[]> {
-  const rounds = ctx.quick ? 1 : 2;
+  const rounds = ctx.quick ? 1 : 3;
   const rows = ctx.quick ? 100_000 : 1_000_000;
   const runs = new Map<Side, SnapshotRun[]>(SIDES.map((s) => [s, []]));
   for (let round = 0; round < rounds; round += 1) {
