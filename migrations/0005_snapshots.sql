@@ -26,3 +26,8 @@ CREATE TABLE pg2kafka.snapshots (
   -- 'done' or 'cancelled' once finished.
   outcome text CHECK (outcome IN ('done', 'cancelled'))
 );
+
+-- The version of the capture triggers a table got (pg2kafka.capture_triggers_version()
+-- when setup or migrate installed them); NULL for tables set up before it was recorded.
+-- migrate reinstalls the triggers of every captured table whose version is not current.
+ALTER TABLE pg2kafka.tracked_tables ADD COLUMN triggers_version int;

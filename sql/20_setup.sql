@@ -158,6 +158,60 @@ END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.drop_capture_triggers(regclass) FROM PUBLIC;
 
+-- The version of what install_capture_triggers() creates. Raise it with any change to the
+-- triggers below: migrate then reinstalls them on every captured table
+-- (src/capture/migrate.ts), since setup() leaves a table it already captures alone.
+CREATE OR REPLACE FUNCTION pg2kafka.capture_triggers_version() RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 2 $$;
+
+-- (Re)creates the capture triggers of `tbl`; the caller holds SHARE ROW EXCLUSIVE on it.
+CREATE OR REPLACE FUNCTION pg2kafka.install_capture_triggers(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM pg2kafka.drop_capture_triggers(tbl);
+  -- AFTER triggers fire in name order, and "_" sorts before every lowercase letter: ours
+  -- fire before a user's trigger named like most are (set_slug, audit_row), so a change
+  -- such a trigger makes to the same row queues after the change that caused it.
+  EXECUTE format(
+    'CREATE TRIGGER _pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
+    tbl, tbl::oid);
+  EXECUTE format(
+    'CREATE TRIGGER _pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
+    tbl, tbl::oid);
+  EXECUTE format(
+    'CREATE TRIGGER _pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
+    tbl, tbl::oid);
+  EXECUTE format(
+    'CREATE TRIGGER _pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
+    tbl, tbl::oid);
+  -- Once per statement, after the row triggers: wakes an idle relay (sql/15_wake.sql).
+  EXECUTE format(
+    'CREATE TRIGGER _pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
+    tbl);
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.install_capture_triggers(regclass) FROM PUBLIC;
+
+-- For migrate: brings the triggers of a captured table to the current version, under the
+-- same short, retried lock as setup (lock_not_available when it cannot be taken).
+CREATE OR REPLACE FUNCTION pg2kafka.refresh_capture_triggers(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM pg2kafka.lock_table(tbl, 'SHARE ROW EXCLUSIVE');
+  PERFORM pg2kafka.install_capture_triggers(tbl);
+  UPDATE pg2kafka.tracked_tables t SET triggers_version = pg2kafka.capture_triggers_version()
+  WHERE t.table_oid = tbl;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.refresh_capture_triggers(regclass) FROM PUBLIC;
+
 -- Before 0.2.0 setup had no snapshot argument. Dropping that version (once, on upgrade)
 -- keeps setup('t', 'k') unambiguous; a GRANT EXECUTE on it must be given again.
 DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean);
@@ -231,6 +285,13 @@ BEGIN
     RAISE EXCEPTION '% is a partition: set up its partitioned table instead (events name that table)', qualified
       USING ERRCODE = 'wrong_object_type',
             HINT = format('SELECT pg2kafka.setup(%L, %L);', pg_partition_root(table_name_ref)::text, external_id_name);
+  END IF;
+  -- A parent's snapshot would copy its children's rows, whose changes no trigger captures.
+  IF rel.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = table_name_ref) THEN
+    RAISE EXCEPTION '% has inheritance children (%): pg2kafka captures a table and its own rows only', qualified,
+      (SELECT string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text) FROM pg_inherits i WHERE i.inhparent = table_name_ref)
+      USING ERRCODE = 'wrong_object_type',
+            HINT = 'Set up each child table by itself, or use declarative partitioning (a partitioned table is captured with all its partitions).';
   END IF;
   IF rel.nspname = 'pg2kafka' THEN
     RAISE EXCEPTION 'pg2kafka does not capture its own tables (%)', qualified
@@ -314,26 +375,7 @@ BEGIN
 
   PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
 
-  PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
-  -- AFTER triggers fire in name order, and "_" sorts before every lowercase letter: ours
-  -- fire before a user's trigger named like most are (set_slug, audit_row), so a change
-  -- such a trigger makes to the same row queues after the change that caused it.
-  EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
-    table_name_ref, table_name_ref::oid);
-  EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
-    table_name_ref, table_name_ref::oid);
-  EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
-    table_name_ref, table_name_ref::oid);
-  EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
-    table_name_ref, table_name_ref::oid);
-  -- Once per statement, after the row triggers: wakes an idle relay (sql/15_wake.sql).
-  EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
-    table_name_ref);
+  PERFORM pg2kafka.install_capture_triggers(table_name_ref);
 
   -- Online needs a key to walk in order; a table of one chunk or less is copied here.
   online := false;
@@ -369,12 +411,14 @@ BEGIN
   END IF;
 
   INSERT INTO pg2kafka.tracked_tables AS t
-    (table_oid, schema_name, table_name, external_id_column, full_row, capturing, snapshot_rows)
-  VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, full_row, true, snapshot_count)
+    (table_oid, schema_name, table_name, external_id_column, full_row, capturing, snapshot_rows, triggers_version)
+  VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, full_row, true, snapshot_count,
+          pg2kafka.capture_triggers_version())
   ON CONFLICT (table_oid) DO UPDATE SET
     schema_name = excluded.schema_name, table_name = excluded.table_name,
     external_id_column = excluded.external_id_column, full_row = excluded.full_row,
-    capturing = true, snapshot_rows = excluded.snapshot_rows, set_up_at = now(), torn_down_at = NULL;
+    capturing = true, snapshot_rows = excluded.snapshot_rows, triggers_version = excluded.triggers_version,
+    set_up_at = now(), torn_down_at = NULL;
 
   IF online THEN
     RAISE NOTICE 'pg2kafka: capturing %; its existing rows%are copied online, in chunks, by the active relay (or pg2kafka snapshot, or CALL pg2kafka.run_snapshots())',

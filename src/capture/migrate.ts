@@ -10,6 +10,12 @@
  *    combined sha256 differs from the one recorded in `pg2kafka.settings`. Edit them in
  *    place; they must stay re-runnable and must only depend on what migrations created.
  *
+ * 3. The capture triggers of every captured table whose triggers are older than
+ *    pg2kafka.capture_triggers_version() are reinstalled (setup() leaves a table it
+ *    already captures alone), each under setup's short, retried lock. A table whose lock
+ *    cannot be taken (a long transaction on it) is reported, not fatal: its old triggers
+ *    keep capturing, and the next migrate tries again.
+ *
  * Concurrency: node-pg-migrate holds a session advisory lock (waiting, not failing)
  * while it migrates; the repeatable step runs under a transaction advisory lock.
  *
@@ -33,6 +39,10 @@ export interface MigrateResult {
   migrations: string[];
   /** Whether the repeatable scripts were (re)applied. */
   functionsUpdated: boolean;
+  /** Captured tables whose triggers this run brought to the current version. */
+  triggersRefreshed: string[];
+  /** Captured tables whose triggers are still old, and why (their lock could not be taken). */
+  triggersStale: Array<{ table: string; error: string }>;
 }
 
 export interface MigrateOptions {
@@ -80,12 +90,46 @@ export async function migrate({
         on conflict (name) do update set value = excluded.value`;
       return true;
     });
-    return { migrations: applied.map((m) => m.name), functionsUpdated };
+    return {
+      migrations: applied.map((m) => m.name),
+      functionsUpdated,
+      ...(await refreshTriggers(sql)),
+    };
   } catch (error) {
     throw explainConnectionError(error, databaseUrl);
   } finally {
     await sql.end({ timeout: 5 });
   }
+}
+
+/** Step 3: reinstalls the capture triggers that are older than this version's. */
+async function refreshTriggers(
+  sql: ReturnType<typeof openPool>,
+): Promise<Pick<MigrateResult, 'triggersRefreshed' | 'triggersStale'>> {
+  const stale = await sql<{ oid: string; name: string }[]>`
+    select t.table_oid::text as oid, t.table_oid::regclass::text as name
+    from pg2kafka.tracked_tables t
+    join pg_catalog.pg_class c on c.oid = t.table_oid
+    where t.capturing
+      and t.triggers_version is distinct from pg2kafka.capture_triggers_version()
+    order by 2`;
+  const result: Pick<MigrateResult, 'triggersRefreshed' | 'triggersStale'> = {
+    triggersRefreshed: [],
+    triggersStale: [],
+  };
+  for (const table of stale) {
+    try {
+      await sql`select pg2kafka.refresh_capture_triggers(${table.oid}::oid::regclass)`;
+      result.triggersRefreshed.push(table.name);
+    } catch (error) {
+      const detail = (error as { detail?: unknown }).detail;
+      result.triggersStale.push({
+        table: table.name,
+        error: `${error instanceof Error ? error.message : String(error)}${typeof detail === 'string' ? `: ${detail}` : ''}`,
+      });
+    }
+  }
+  return result;
 }
 
 /**

@@ -19,6 +19,16 @@ outbound_event_queue, setup()/teardown() and the capture triggers. Safe to run a
 and from several processes at once. Remove everything with DROP SCHEMA pg2kafka CASCADE.
 `;
 
+/** One warning per captured table whose triggers migrate could not bring up to date. */
+export function warnStaleTriggers(result: MigrateResult, log: Logger): void {
+  for (const { table, error } of result.triggersStale) {
+    log.warn(
+      { table, err: error },
+      `the capture triggers of ${table} are still those of an older pg2kafka (they keep capturing): ${error}; run pg2kafka migrate again once that transaction has ended`,
+    );
+  }
+}
+
 export async function migrateCommand(databaseUrl: string, logger: Logger): Promise<MigrateResult> {
   const log = logger.child({ component: 'migrate' });
   const sql = openPool(databaseUrl, { connection: { application_name: 'pg2kafka migrate' } });
@@ -35,10 +45,17 @@ export async function migrateCommand(databaseUrl: string, logger: Logger): Promi
     },
   });
   log.info(
-    { migrations: result.migrations, functionsUpdated: result.functionsUpdated },
-    result.migrations.length === 0 && !result.functionsUpdated
+    {
+      migrations: result.migrations,
+      functionsUpdated: result.functionsUpdated,
+      triggersRefreshed: result.triggersRefreshed,
+    },
+    result.migrations.length === 0 &&
+      !result.functionsUpdated &&
+      result.triggersRefreshed.length === 0
       ? 'schema pg2kafka is up to date'
       : 'schema pg2kafka migrated',
   );
+  warnStaleTriggers(result, log);
   return result;
 }

@@ -14,6 +14,7 @@
  */
 import type postgres from 'postgres';
 import { migrate } from '../capture/migrate.ts';
+import { warnStaleTriggers } from './migrate.ts';
 import { checkSchema, isMissingObjectError, SchemaError } from '../capture/schema.ts';
 import { describeConfig, type Config } from '../config.ts';
 import {
@@ -209,6 +210,7 @@ async function prepareDatabase(config: Config, logger: Logger, stop: StopSignal)
           },
         });
         logger.info(result, 'schema pg2kafka migrated');
+        warnStaleTriggers(result, logger);
       }
       const { warnings } = await checkSchema(sql);
       for (const warning of warnings) logger.warn(warning);

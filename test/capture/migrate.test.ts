@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { migrate } from '../../src/capture/migrate.ts';
 import { useTestDatabase } from '../helpers.ts';
-import { queuedChanges } from './support.ts';
+import { CAPTURE_TRIGGERS, queuedChanges, triggersOn } from './support.ts';
 
 const db = useTestDatabase();
 
@@ -32,6 +32,8 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0005_snapshots',
     ],
     functionsUpdated: true,
+    triggersRefreshed: [],
+    triggersStale: [],
   });
   const objects = await schemaObjects();
   for (const expected of [
@@ -54,7 +56,12 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
   assert.deepEqual({ ...id }, { type: 'bigint', identity: 'a' });
 
   const second = await migrate({ databaseUrl: db.url });
-  assert.deepEqual(second, { migrations: [], functionsUpdated: false });
+  assert.deepEqual(second, {
+    migrations: [],
+    functionsUpdated: false,
+    triggersRefreshed: [],
+    triggersStale: [],
+  });
   assert.deepEqual(await schemaObjects(), objects);
 });
 
@@ -106,6 +113,62 @@ test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate re
   assert.deepEqual(await queuedChanges(db.sql), [
     ['SNAPSHOT', 'CM01-R', { sku: 'CM01-R', name: 'Big Red Coffee Mug' }],
   ]);
+});
+
+/** Makes `table`'s capture look as an install before 0.1.0 left it: old names, no version. */
+async function ageTriggers(table: string): Promise<void> {
+  const [row] = await db.sql<{ oid: string }[]>`select ${table}::regclass::oid::text as oid`;
+  await db.sql.unsafe(`select pg2kafka.drop_capture_triggers('${table}')`);
+  await db.sql.unsafe(`
+    create trigger pg2kafka_insert after insert on ${table} for each row
+      execute function pg2kafka.capture_insert('${row?.oid ?? ''}')`);
+  await db.sql`
+    update pg2kafka.tracked_tables set triggers_version = null where table_oid = ${table}::regclass`;
+}
+
+test('migrate brings the triggers of every captured table up to date; a locked one is reported, not fatal', async () => {
+  await migrate({ databaseUrl: db.url });
+  for (const table of ['aged_a', 'aged_b']) {
+    await db.sql.unsafe(`create table ${table} (id int primary key, v int)`);
+    await db.sql.unsafe(`select pg2kafka.setup('${table}', 'id')`);
+    await ageTriggers(table);
+  }
+  assert.deepEqual(await triggersOn(db.sql, 'aged_a'), ['pg2kafka_insert']);
+  // A transaction that wrote aged_b stays open: its lock cannot be taken meanwhile.
+  const holders = db.connect({ max: 1 });
+  const holder = await holders.reserve();
+  let locked;
+  try {
+    await holder`begin`;
+    await holder`insert into aged_b values (1, 1)`;
+    locked = await migrate({ databaseUrl: db.url });
+  } finally {
+    await holder`commit`;
+    holder.release();
+    await holders.end();
+  }
+  assert.deepEqual(locked.triggersRefreshed, ['aged_a']);
+  assert.deepEqual(
+    locked.triggersStale.map((s) => s.table),
+    ['aged_b'],
+  );
+  assert.match(
+    locked.triggersStale[0]?.error ?? '',
+    /could not lock table public\.aged_b .*pid \d+/,
+  );
+  assert.deepEqual(await triggersOn(db.sql, 'aged_a'), CAPTURE_TRIGGERS);
+  assert.deepEqual(await triggersOn(db.sql, 'aged_b'), ['pg2kafka_insert'], 'left as it was');
+
+  const again = await migrate({ databaseUrl: db.url });
+  assert.deepEqual([again.triggersRefreshed, again.triggersStale], [['aged_b'], []]);
+  assert.deepEqual(await triggersOn(db.sql, 'aged_b'), CAPTURE_TRIGGERS);
+  await db.sql`delete from pg2kafka.captured_changes`;
+  await db.sql`insert into aged_a values (2, 1)`;
+  const [queued] = await db.sql<{ statements: string[] }[]>`
+    select array_agg(statement order by id) as statements from pg2kafka.captured_changes`;
+  assert.deepEqual(queued?.statements, ['INSERT']);
+  const third = await migrate({ databaseUrl: db.url });
+  assert.deepEqual(third.triggersRefreshed, [], 'nothing left to refresh');
 });
 
 test('the migrate command reports a missing DATABASE_URL with exit code 2', () => {

@@ -393,6 +393,18 @@ test('setup refuses a partition and hints at its partitioned table', async () =>
   assert.deepEqual(await captureState('measurements_2024'), notCaptured);
 });
 
+test('setup refuses an inheritance parent, whose children it would copy but not capture', async () => {
+  await db.sql`create table vehicles (id int primary key, name text)`;
+  await db.sql`create table trucks (axles int) inherits (vehicles)`;
+  await db.sql`insert into trucks values (1, 'big', 3)`;
+  await assert.rejects(db.sql`select pg2kafka.setup('vehicles', 'id')`, {
+    code: '42809',
+    message:
+      'public.vehicles has inheritance children (public.trucks): pg2kafka captures a table and its own rows only',
+  });
+  assert.deepEqual(await captureState('vehicles'), notCaptured);
+});
+
 test('setup reports a table that does not exist', async () => {
   await assert.rejects(db.sql`select pg2kafka.setup('no_such_table', 'id')`, {
     code: '42P01',
