@@ -223,3 +223,46 @@ test('the trigger install waits behind a long transaction without stalling other
   const events = await queuedEvents(db.sql, 'waits_t');
   assert.equal(events.filter((e) => e.statement === 'SNAPSHOT').length, 100);
 });
+
+test('two setups of one table at once (two deploys): one sets it up, the other changes nothing', async () => {
+  for (const [table, rows] of [
+    ['twice_small_t', 1_000],
+    ['twice_big_t', 12_000],
+  ] as const) {
+    await createTable(table, rows);
+    const { notices, onnotice } = collectNotices();
+    const pools = [db.connect({ max: 1, onnotice }), db.connect({ max: 1, onnotice })];
+    try {
+      await Promise.all(pools.map((sql) => sql.unsafe(`select pg2kafka.setup('${table}', 'k')`)));
+    } finally {
+      await Promise.all(pools.map((sql) => sql.end()));
+    }
+    const warnings = notices.filter((n) => n.severity === 'WARNING').map((n) => n.message);
+    assert.deepEqual(warnings, [
+      `pg2kafka: public.${table} is already set up (external id column "k"); nothing was changed`,
+    ]);
+    await db.sql`call pg2kafka.run_snapshots()`;
+    const events = await queuedEvents(db.sql, table);
+    assert.equal(events.length, rows, `${table}: one SNAPSHOT per row`);
+    assert.equal(new Set(events.map((e) => e.external_id)).size, rows);
+  }
+});
+
+test('without a key column setup takes the primary key; several columns or none must be named', async () => {
+  await db.sql`create table pk_t (code text primary key, v int)`;
+  await db.sql`create table composite_t (a int, b int, primary key (a, b))`;
+  await db.sql`create table heap_t (a int)`;
+  await db.sql`select pg2kafka.setup('pk_t')`;
+  const [row] = await db.sql<{ column: string }[]>`
+    select external_id_column as column from pg2kafka.tracked_tables
+    where table_oid = 'pk_t'::regclass`;
+  assert.equal(row?.column, 'code');
+  await assert.rejects(db.sql`select pg2kafka.setup('composite_t')`, {
+    code: '42703',
+    message: 'public.composite_t has a primary key of several columns: name its external id column',
+  });
+  await assert.rejects(db.sql`select pg2kafka.setup('heap_t')`, {
+    code: '42703',
+    message: 'public.heap_t has no primary key: name its external id column',
+  });
+});
