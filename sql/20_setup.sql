@@ -212,6 +212,27 @@ END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.refresh_capture_triggers(regclass) FROM PUBLIC;
 
+-- Re-raises `message`, what a snapshot query of `tbl` failed with (insufficient_privilege),
+-- saying what to grant: row_security = off turns a policy that would hide rows from
+-- pg2kafka's owner into this error, so that no snapshot is ever filtered silently.
+CREATE OR REPLACE FUNCTION pg2kafka.raise_snapshot_denied(tbl regclass, message text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RAISE EXCEPTION '%', message
+    USING ERRCODE = 'insufficient_privilege',
+          HINT = CASE WHEN message LIKE '%row-level security%'
+            THEN format('Row-level security would hide rows of %s from the snapshot. Let the role that owns schema pg2kafka (%s) bypass it (ALTER ROLE %s BYPASSRLS) or own the table.',
+                        tbl, current_user, quote_ident(current_user))
+            ELSE format('The role that owns schema pg2kafka (%s) must be able to read %s: GRANT SELECT ON %s TO %s;',
+                        current_user, tbl, tbl, quote_ident(current_user))
+          END;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.raise_snapshot_denied(regclass, text) FROM PUBLIC;
+
 -- Before 0.2.0 setup had no snapshot argument. Dropping that version (once, on upgrade)
 -- keeps setup('t', 'k') unambiguous; a GRANT EXECUTE on it must be given again.
 DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean);
@@ -380,9 +401,13 @@ BEGIN
   -- Online needs a key to walk in order; a table of one chunk or less is copied here.
   online := false;
   IF snapshot = 'online' THEN
-    EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s LIMIT %s) r',
-                   pg2kafka.snapshot_chunk_rows(), table_name_ref, pg2kafka.snapshot_chunk_rows() + 1)
-    INTO fits;
+    BEGIN
+      EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s LIMIT %s) r',
+                     pg2kafka.snapshot_chunk_rows(), table_name_ref, pg2kafka.snapshot_chunk_rows() + 1)
+      INTO fits;
+    EXCEPTION WHEN insufficient_privilege THEN
+      PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
+    END;
     online := NOT fits AND problem IS NULL;
     IF NOT fits AND problem IS NOT NULL THEN
       RAISE WARNING 'pg2kafka: % has no unique NOT NULL external id column to walk in chunks: its rows are copied under the table lock, and its writers wait for the whole copy', qualified
@@ -402,10 +427,7 @@ BEGIN
         'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
         table_name_ref::oid, 'SNAPSHOT', table_name_ref);
     EXCEPTION WHEN insufficient_privilege THEN
-      RAISE EXCEPTION '%', SQLERRM
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = format('Row-level security would hide rows of %s from the snapshot. Let the role that owns schema pg2kafka (%s) bypass it (ALTER ROLE %s BYPASSRLS) or own the table.',
-                            qualified, current_user, quote_ident(current_user));
+      PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
     END;
     GET DIAGNOSTICS snapshot_count = ROW_COUNT;
   END IF;

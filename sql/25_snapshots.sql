@@ -90,10 +90,7 @@ BEGIN
       tbl::oid, 'SNAPSHOT', tbl, s.key_column, key_type, coalesce(s.condition, 'true'))
     USING s.after_key, bound;
   EXCEPTION WHEN insufficient_privilege THEN
-    RAISE EXCEPTION '%', SQLERRM
-      USING ERRCODE = 'insufficient_privilege',
-            HINT = format('Row-level security would hide rows of %s from the snapshot. Let the role that owns schema pg2kafka (%s) bypass it (ALTER ROLE %s BYPASSRLS) or own the table.',
-                          tbl, current_user, quote_ident(current_user));
+    PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);
   END;
   GET DIAGNOSTICS copied = ROW_COUNT;
 
