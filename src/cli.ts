@@ -4,7 +4,8 @@
  * a function usable from code; this file parses arguments, loads `.env` (the real
  * environment wins), and maps failures to exit codes: 0 success, 2 bad usage or
  * configuration (UsageError and its kinds: a refused role or database, a missing
- * schema), 1 runtime failure (anything else, such as a host that does not answer).
+ * schema), 1 runtime failure (anything else, such as a host that does not answer), and
+ * 130 / 143 for a snapshot copy stopped by SIGINT / SIGTERM (its progress is kept).
  *
  * Start-up cost: this file imports only what parses arguments and configuration. A
  * command's module, and with it postgres.js, pino, kafkajs or node-pg-migrate, is loaded
@@ -13,6 +14,7 @@
  */
 import { environmentHelp, parseConfig, redactUrl } from './config.ts';
 import { UsageError } from './errors.ts';
+import type { SetupResult } from './commands/setup.ts';
 import type { Logger } from './logger.ts';
 import { packageVersion } from './package-root.ts';
 
@@ -24,9 +26,16 @@ Usage: pg2kafka [command] [options]
 Commands:
   relay                          ship queued events to Kafka (the default)
   migrate                        install or upgrade the pg2kafka schema
-  setup <table> <column> [--full-row]
-                                 start capturing a table, keyed by <column>
+  setup <table> [<column>] [--full-row] [--snapshot=online|locked|none] [--background]
+                                 start capturing a table, keyed by <column> (default:
+                                 its primary key), and copy its existing rows;
+                                 '<schema>.*' sets up every table of a schema
   teardown <table>               stop capturing a table
+  snapshot [<table>...] [--background]
+                                 copy the pending online snapshots now
+  snapshot --cancel <table>...   stop a table's online snapshot where it is
+  resnapshot <table> [--where <condition>] [--background]
+                                 queue a table's rows (or those matching) again
   status [--json]                tracked tables, queue depth, dead letters, active relay
   dead-letters [--json] [--table <table>]
                                  list the events Kafka refused for good
@@ -42,22 +51,55 @@ Options:
 Environment (also read from a .env file; the real environment wins):
 ${environmentHelp()}
 
-Exit codes: 0 success, 2 bad usage or configuration, 1 runtime failure.
+Exit codes: 0 success, 2 bad usage or configuration, 1 runtime failure, 130 / 143 a
+snapshot copy stopped by SIGINT / SIGTERM (its progress is kept).
 `;
 }
 
 type Env = Record<string, string | undefined>;
 
-function splitArgs(args: string[], flags: string[]): { positional: string[]; flags: Set<string> } {
+/**
+ * Positional arguments, the `flags` given, and the values of the `valued` options given
+ * (`--where <value>` or `--where=<value>`).
+ */
+function splitArgs(
+  args: string[],
+  flags: string[],
+  valued: string[] = [],
+): { positional: string[]; flags: Set<string>; values: Map<string, string> } {
   const positional: string[] = [];
   const seen = new Set<string>();
-  for (const arg of args) {
+  const values = new Map<string, string>();
+  for (let i = 0; i < args.length; i += 1) {
+    const arg = args[i] ?? '';
     if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      const name = eq === -1 ? arg : arg.slice(0, eq);
+      if (valued.includes(name)) {
+        const value = eq === -1 ? args[(i += 1)] : arg.slice(eq + 1);
+        if (value === undefined) throw new UsageError(`${name} needs a value`);
+        if (values.has(name)) throw new UsageError(`${name} is given twice`);
+        values.set(name, value);
+        continue;
+      }
       if (!flags.includes(arg)) throw new UsageError(`unknown option ${arg}`);
       seen.add(arg);
     } else positional.push(arg);
   }
-  return { positional, flags: seen };
+  return { positional, flags: seen, values };
+}
+
+const SNAPSHOT_MODES = ['online', 'locked', 'none'] as const;
+
+function snapshotMode(value: string | undefined): (typeof SNAPSHOT_MODES)[number] {
+  if (value === undefined) return 'online';
+  const mode = SNAPSHOT_MODES.find((m) => m === value);
+  if (mode === undefined) {
+    throw new UsageError(
+      `--snapshot must be online, locked or none, not "${value}" (online copies a large table in chunks while its writers go on, locked at once under the table lock, none not at all)`,
+    );
+  }
+  return mode;
 }
 
 function expectArgs(command: string, positional: string[], count: number, usage: string): void {
@@ -71,6 +113,27 @@ function expectArgs(command: string, positional: string[], count: number, usage:
 const printWarnings = (warnings: string[]): void => {
   for (const warning of warnings) process.stderr.write(`warning: ${warning}\n`);
 };
+
+/** The line `pg2kafka setup` prints for a table set up (or already captured). */
+function describeSetup(result: SetupResult): string {
+  const topic = `${result.table} (topic ${result.topic}`;
+  if (!result.changed) {
+    return result.snapshot === 'pending'
+      ? `already capturing ${topic}, key ${result.externalIdColumn}): nothing changed; its online snapshot is still pending`
+      : `already capturing ${topic}, key ${result.externalIdColumn}): nothing changed, nothing queued`;
+  }
+  switch (result.snapshot) {
+    case 'copied':
+      return `capturing ${topic}): ${result.snapshotRows} existing row(s) queued as SNAPSHOT events`;
+    case 'pending':
+      return `capturing ${topic}): its existing rows${result.rowsEstimated === undefined ? '' : ` (about ${result.rowsEstimated})`} are queued as SNAPSHOT events online, in chunks`;
+    case 'none':
+      return `capturing ${topic}): its existing rows are not queued (--snapshot=none)`;
+  }
+}
+
+const pendingOf = (results: SetupResult[]): Array<{ oid: string; table: string }> =>
+  results.filter((r) => r.snapshot === 'pending').map((r) => ({ oid: r.tableOid, table: r.table }));
 
 async function createLogger(level: string): Promise<Logger> {
   return (await import('./logger.ts')).createLogger(level);
@@ -107,19 +170,73 @@ const COMMANDS: Record<string, Command> = {
   setup: {
     help: async () => (await import('./commands/setup.ts')).setupHelp,
     run: async (args, env) => {
-      const { positional, flags } = splitArgs(args, ['--full-row']);
-      expectArgs('setup', positional, 2, '<table> <external-id-column>');
-      const [table = '', column = ''] = positional;
-      const config = parseConfig(env, { needsKafka: false });
-      const { setupCommand } = await import('./commands/setup.ts');
-      const result = await setupCommand(config, table, column, flags.has('--full-row'));
-      printWarnings(result.warnings);
-      process.stdout.write(
-        result.changed
-          ? `capturing ${result.table} (topic ${result.topic}): ${result.snapshotRows} existing row(s) queued as SNAPSHOT events\n`
-          : `already capturing ${result.table} (topic ${result.topic}, key ${result.externalIdColumn}): nothing changed, nothing queued\n`,
+      const { positional, flags, values } = splitArgs(
+        args,
+        ['--full-row', '--background'],
+        ['--snapshot'],
       );
-      return 0;
+      if (positional.length < 1 || positional.length > 2) {
+        throw new UsageError(
+          `pg2kafka setup expects <table> [<external-id-column>], got ${positional.length} argument(s)`,
+        );
+      }
+      const [table = '', column] = positional;
+      const options = {
+        column,
+        fullRow: flags.has('--full-row'),
+        snapshot: snapshotMode(values.get('--snapshot')),
+      };
+      const background = flags.has('--background');
+      const config = parseConfig(env, { needsKafka: false });
+      const setup = await import('./commands/setup.ts');
+      const { copyPendingCommand } = await import('./commands/snapshot.ts');
+      const schema = setup.schemaPattern(table);
+      if (schema === undefined) {
+        const result = await setup.setupCommand(config, table, options);
+        printWarnings(result.warnings);
+        process.stdout.write(`${describeSetup(result)}\n`);
+        return copyPendingCommand(config, pendingOf([result]), background);
+      }
+      if (column !== undefined) {
+        throw new UsageError(
+          `pg2kafka setup ${table} sets up each table of schema ${schema} with its primary key: give no column`,
+        );
+      }
+      const {
+        schema: shown,
+        entries,
+        warnings,
+      } = await setup.setupSchemaCommand(config, schema, options);
+      printWarnings(warnings);
+      if (entries.length === 0) {
+        process.stdout.write(`schema ${shown} has no tables to set up\n`);
+        return 0;
+      }
+      const results: SetupResult[] = [];
+      let failed = 0;
+      let skipped = 0;
+      for (const entry of entries) {
+        if (entry.outcome === 'set up') {
+          printWarnings(entry.result.warnings);
+          process.stdout.write(`${describeSetup(entry.result)}\n`);
+          results.push(entry.result);
+        } else if (entry.outcome === 'skipped') {
+          skipped += 1;
+          process.stdout.write(`skipped ${entry.table}: ${entry.reason}\n`);
+        } else {
+          failed += 1;
+          const message = entry.error instanceof Error ? entry.error.message : String(entry.error);
+          process.stderr.write(
+            `pg2kafka: ${message.includes(entry.table) ? '' : `${entry.table}: `}${message}\n`,
+          );
+        }
+      }
+      const unchanged = results.filter((r) => !r.changed).length;
+      process.stdout.write(
+        `schema ${shown}: ${results.length - unchanged} table(s) set up, ${unchanged} already captured, ${skipped} skipped, ${failed} failed\n`,
+      );
+      const code = await copyPendingCommand(config, pendingOf(results), background);
+      return code !== 0 ? code : failed > 0 ? 1 : 0;
     },
   },
   teardown: {
@@ -136,6 +253,45 @@ const COMMANDS: Record<string, Command> = {
           `stopped capturing ${result.table}; queued events will still be shipped\n`,
         );
       return 0;
+    },
+  },
+  snapshot: {
+    help: async () => (await import('./commands/snapshot.ts')).snapshotHelp,
+    run: async (args, env) => {
+      const { positional, flags } = splitArgs(args, ['--cancel', '--background']);
+      const cancel = flags.has('--cancel');
+      if (cancel && positional.length === 0) {
+        throw new UsageError('pg2kafka snapshot --cancel expects <table>..., got 0 argument(s)');
+      }
+      if (cancel && flags.has('--background')) {
+        throw new UsageError('pg2kafka snapshot takes --cancel or --background, not both');
+      }
+      const config = parseConfig(env, { needsKafka: false });
+      const { snapshotCommand } = await import('./commands/snapshot.ts');
+      return snapshotCommand(config, {
+        tables: positional,
+        cancel,
+        background: flags.has('--background'),
+      });
+    },
+  },
+  resnapshot: {
+    help: async () => (await import('./commands/snapshot.ts')).resnapshotHelp,
+    run: async (args, env) => {
+      const { positional, flags, values } = splitArgs(args, ['--background'], ['--where']);
+      expectArgs('resnapshot', positional, 1, '<table>');
+      const where = values.get('--where');
+      if (where?.trim() === '') {
+        throw new UsageError(
+          '--where needs a SQL condition, as in --where "id <= 100" (leave it out to copy every row)',
+        );
+      }
+      const config = parseConfig(env, { needsKafka: false });
+      const { resnapshotCommand } = await import('./commands/snapshot.ts');
+      return resnapshotCommand(config, positional[0] ?? '', {
+        where,
+        background: flags.has('--background'),
+      });
     },
   },
   status: {

@@ -50,8 +50,8 @@ test('bad usage exits 2 with a message saying what is wrong', async () => {
     [['status', '--verbose'], 'pg2kafka: unknown option --verbose\n'],
     [['setup', '--full'], 'pg2kafka: unknown option --full\n'],
     [
-      ['setup', 'products'],
-      'pg2kafka: pg2kafka setup expects <table> <external-id-column>, got 1 argument(s)\n',
+      ['setup', 'products', 'sku', 'name'],
+      'pg2kafka: pg2kafka setup expects <table> [<external-id-column>], got 3 argument(s)\n',
     ],
     [['status', 'extra'], 'pg2kafka: pg2kafka status expects no arguments, got 1 argument(s)\n'],
     [['teardown'], 'pg2kafka: pg2kafka teardown expects <table>, got 0 argument(s)\n'],

@@ -1,7 +1,10 @@
 /**
- * `pg2kafka setup <table> <column> [--full-row]` and `pg2kafka teardown <table>`: the SQL
- * functions, with the topic name checked first (the SQL side does not know TOPIC_PREFIX
- * or TOPIC_NAMESPACE) and the database's warnings passed on.
+ * `pg2kafka setup <table> [<column>] [--full-row] [--snapshot=online|locked|none]` and
+ * `pg2kafka teardown <table>`: the SQL functions, with the topic name checked first (the
+ * SQL side does not know TOPIC_PREFIX or TOPIC_NAMESPACE) and the database's warnings
+ * passed on. `setup 'schema.*'` sets up every table of a schema with its primary key.
+ * The online copy setup() registers for a larger table is run afterwards by the command
+ * line (src/commands/snapshot.ts), not here.
  *
  * Errors of the SQL functions are sorted by SQLSTATE (ARGUMENT_SQLSTATES), never by
  * message text: a bad argument is a UsageError (exit 2); anything else, such as a lock
@@ -15,13 +18,31 @@ import { checkConnection, openPool } from '../database.ts';
 import { UsageError } from '../errors.ts';
 import { topicName, topicNameProblem } from '../relay/topics.ts';
 
-export const setupHelp = `Usage: pg2kafka setup <table> <external-id-column> [--full-row]
+export const setupHelp = `Usage: pg2kafka setup <table> [<external-id-column>] [--full-row]
+                      [--snapshot=online|locked|none] [--background]
+       pg2kafka setup '<schema>.*' [--full-row] [--snapshot=...] [--background]
 
 Starts capturing <table> (schema-qualified or found on the search_path; quote mixed-case
-names as in SQL: '"Sales"."Order Items"'): queues one SNAPSHOT event per existing row and
-installs the capture triggers. Events are keyed by <external-id-column>, ideally the
-primary key. --full-row makes UPDATE carry the whole new row and DELETE the old row.
-Same as: SELECT pg2kafka.setup('<table>', '<external-id-column>'[, true]);
+names as in SQL: '"Sales"."Order Items"'): installs the capture triggers and queues one
+SNAPSHOT event per existing row. Events are keyed by <external-id-column> (default: the
+table's primary key, which must then be a single column). --full-row makes UPDATE carry
+the whole new row and DELETE the old row.
+
+--snapshot=online (the default) copies a table of more than 5,000 rows in chunks of
+5,000, each its own short transaction, while its writers go on; a smaller table, or one
+whose key is not unique and NOT NULL, is copied at once under the table lock.
+--snapshot=locked copies every row at once under the lock (writers wait for the whole
+copy); --snapshot=none copies nothing (only later changes are captured).
+
+An online copy is run by this command, with a progress line on stderr; Ctrl-C (or
+SIGTERM) stops it after the chunk in flight and keeps the progress: pg2kafka snapshot
+<table> resumes it, and so does the active relay by itself. --background leaves the
+copy to the active relay.
+
+'<schema>.*' sets up every table of the schema (not its partitions), each with its
+primary key; a table without a single-column primary key is skipped and reported.
+
+Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]);
 `;
 
 export const teardownHelp = `Usage: pg2kafka teardown <table>
@@ -30,16 +51,29 @@ Stops capturing <table>. Events already queued stay and are still shipped.
 Same as: SELECT pg2kafka.teardown('<table>');
 `;
 
+/** The `snapshot` argument of pg2kafka.setup(). */
+export type SnapshotMode = 'online' | 'locked' | 'none';
+
 export interface SetupResult {
   table: string;
+  /** pg_class.oid of the table, as text. */
+  tableOid: string;
   topic: string;
   /** The external id column and mode the table is captured with. */
   externalIdColumn: string;
   fullRow: boolean;
   /** False when the table was already captured with these settings: nothing was done. */
   changed: boolean;
-  /** SNAPSHOT events this call queued (0 when nothing changed). */
+  /** SNAPSHOT events this call queued (0 when nothing changed, or the copy is online). */
   snapshotRows: number;
+  /**
+   * What happened to the existing rows: copied in setup's transaction, registered to be
+   * copied online (or still pending from before, when nothing changed), or left alone
+   * (--snapshot=none, or already captured with no copy pending).
+   */
+  snapshot: 'copied' | 'pending' | 'none';
+  /** The estimate of the rows a pending copy will queue (pg_class.reltuples), if known. */
+  rowsEstimated: number | undefined;
   warnings: string[];
 }
 
@@ -47,7 +81,7 @@ export interface SetupResult {
  * SQLSTATEs that mean the arguments are wrong (exit 2), as setup(), teardown() and the
  * `regclass` input of the table name raise them. Every other error is a runtime failure.
  */
-const ARGUMENT_SQLSTATES = new Set([
+export const ARGUMENT_SQLSTATES = new Set([
   '42P01', // undefined_table: no such table
   '3F000', // invalid_schema_name: no such schema
   '42602', // invalid_name: '"unclosed'
@@ -57,6 +91,8 @@ const ARGUMENT_SQLSTATES = new Set([
   '42809', // wrong_object_type: a view, a sequence, a partition, a temporary table
   '42710', // duplicate_object: already set up with another external id column
   '42501', // insufficient_privilege: the role may not read or capture the table
+  '22023', // invalid_parameter_value: a bad snapshot mode, a resnapshot condition that does not compile
+  '55000', // object_not_in_prerequisite_state: resnapshot of a table not set up, or keyed by a column it cannot walk
 ]);
 
 /** A PostgreSQL error as postgres.js reports it. */
@@ -67,7 +103,7 @@ interface ServerError {
   hint?: string;
 }
 
-function serverError(error: unknown): ServerError | undefined {
+export function serverError(error: unknown): ServerError | undefined {
   if (!(error instanceof Error)) return undefined;
   const { code } = error as Error & { code?: unknown };
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)
@@ -76,7 +112,7 @@ function serverError(error: unknown): ServerError | undefined {
 }
 
 /** The message, then PostgreSQL's DETAIL and HINT (or `hint` instead) on lines of their own. */
-function describe(error: ServerError, hint = error.hint): string {
+export function describe(error: ServerError, hint = error.hint): string {
   return [
     error.message,
     ...(error.detail ? [`  detail: ${error.detail}`] : []),
@@ -97,7 +133,7 @@ export class CaptureCommandError extends Error {
 }
 
 /** `error` sorted by ARGUMENT_SQLSTATES, its message with DETAIL and HINT; `hint` replaces the server's. */
-function sortError(error: unknown, hint?: string): unknown {
+export function sortError(error: unknown, hint?: string): unknown {
   const e = serverError(error);
   if (e === undefined) return error;
   const message = describe(e, hint);
@@ -108,11 +144,15 @@ function sortError(error: unknown, hint?: string): unknown {
 }
 
 /** `arg` as a POSIX shell word: as it is when safe, else single-quoted. */
-function shellWord(arg: string): string {
+export function shellWord(arg: string): string {
   return /^[A-Za-z0-9_.,:=@%+/-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
-async function connect(config: Config, command: string, warnings: string[]): Promise<postgres.Sql> {
+export async function connect(
+  config: Config,
+  command: string,
+  warnings: string[],
+): Promise<postgres.Sql> {
   const sql = openPool(config.databaseUrl, {
     connection: { application_name: `pg2kafka ${command}` },
     onnotice: (notice) => {
@@ -129,7 +169,8 @@ async function connect(config: Config, command: string, warnings: string[]): Pro
   }
 }
 
-interface DescribedTable {
+export interface DescribedTable {
+  oid: string;
   schema: string;
   name: string;
   database: string;
@@ -183,14 +224,14 @@ async function tableHint(
   return `did you mean ${names}? ${why}: ${commandLine(shellWord(first.name))}`;
 }
 
-async function describeTable(
+export async function describeTable(
   sql: postgres.Sql,
   table: string,
   commandLine: (table: string) => string,
 ): Promise<DescribedTable> {
   try {
     const [row] = await sql<DescribedTable[]>`
-      select n.nspname as schema, c.relname as name, current_database() as database,
+      select c.oid::text as oid, n.nspname as schema, c.relname as name, current_database() as database,
              format('%I.%I', n.nspname, c.relname) as qualified
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.oid = ${table}::regclass`;
@@ -211,79 +252,202 @@ async function describeTable(
 }
 
 /** How to change the settings of a captured table: tear it down, then set it up again. */
-function changeHint(qualified: string, column: string, fullRow: boolean): string {
-  const table = shellWord(qualified);
-  return `to change it: pg2kafka teardown ${table}, then, once its queued events have been shipped (pg2kafka status), pg2kafka setup ${table} ${shellWord(column)}${fullRow ? ' --full-row' : ''}`;
+function changeHint(qualified: string, column: string | undefined, fullRow: boolean): string {
+  return `to change it: pg2kafka teardown ${shellWord(qualified)}, then, once its queued events have been shipped (pg2kafka status), ${setupLine(qualified, column === undefined ? undefined : shellWord(column), fullRow)}`;
+}
+
+/** The command line that sets up `table`; `columnWord` goes in as it is (a shell word). */
+function setupLine(table: string, columnWord: string | undefined, fullRow: boolean): string {
+  return `pg2kafka setup ${shellWord(table)}${columnWord === undefined ? '' : ` ${columnWord}`}${fullRow ? ' --full-row' : ''}`;
+}
+
+export interface SetupOptions {
+  /** The external id column; undefined: the table's one-column primary key. */
+  column?: string | undefined;
+  fullRow?: boolean;
+  snapshot?: SnapshotMode;
 }
 
 export async function setupCommand(
   config: Config,
   table: string,
-  column: string,
-  fullRow: boolean,
+  options: SetupOptions = {},
 ): Promise<SetupResult> {
   const warnings: string[] = [];
   const sql = await connect(config, 'setup', warnings);
   try {
     const schemaWarnings = warnings.splice(0);
-    const described = await describeTable(
-      sql,
-      table,
-      (t) => `pg2kafka setup ${t} ${shellWord(column)}${fullRow ? ' --full-row' : ''}`,
-    );
-    const topic = topicName(
-      {
-        prefix: config.topicPrefix,
-        namespace: config.topicNamespace,
-        database: described.database,
-      },
-      described.schema,
-      described.name,
-    );
-    const problem = topicNameProblem(topic);
-    if (problem !== undefined)
-      throw new UsageError(`cannot set up ${described.qualified}: ${problem}`);
-    // setup() returns nothing (as the original's did): the registry row, read in the same
-    // transaction, says whether this call did the work (set_up_at is the transaction's now()).
-    const outcome = await sql
-      .begin(async (tx) => {
-        await tx`select pg2kafka.setup(${table}::regclass, ${column}, ${fullRow})`;
-        const [row] = await tx<
-          { column: string; full_row: boolean; rows: string | null; changed: boolean }[]
-        >`
-          select external_id_column as column, full_row, snapshot_rows::text as rows,
-                 set_up_at = now() as changed
-          from pg2kafka.tracked_tables where table_oid = ${table}::regclass`;
-        if (!row)
-          throw new Error(`pg2kafka.setup() left no registry row for ${described.qualified}`);
-        return row;
-      })
-      .catch((error: unknown) => {
-        const e = serverError(error);
-        throw sortError(
-          error,
-          e?.code === '42710' ? changeHint(described.qualified, column, fullRow) : undefined,
-        );
-      });
-    if (!outcome.changed) {
-      // The only warning setup() gives then is "already set up": the result says it better.
-      warnings.length = 0;
-      if (outcome.full_row !== fullRow) {
-        throw new UsageError(
-          `${described.qualified} is already set up ${outcome.full_row ? 'with' : 'without'} --full-row; nothing was changed\n` +
-            `  hint: ${changeHint(described.qualified, column, fullRow)}`,
-        );
+    const result = await setupOne(sql, config, table, options, warnings);
+    return { ...result, warnings: [...schemaWarnings, ...result.warnings] };
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/** One setup() on `sql`; `warnings` is the pool's notice list, emptied into the result. */
+async function setupOne(
+  sql: postgres.Sql,
+  config: Config,
+  table: string,
+  options: SetupOptions,
+  warnings: string[],
+): Promise<SetupResult> {
+  const { column, fullRow = false, snapshot = 'online' } = options;
+  warnings.length = 0;
+  const described = await describeTable(
+    sql,
+    table,
+    (t) =>
+      `pg2kafka setup ${t}${column === undefined ? '' : ` ${shellWord(column)}`}${fullRow ? ' --full-row' : ''}`,
+  );
+  const topic = topicName(
+    {
+      prefix: config.topicPrefix,
+      namespace: config.topicNamespace,
+      database: described.database,
+    },
+    described.schema,
+    described.name,
+  );
+  const problem = topicNameProblem(topic);
+  if (problem !== undefined)
+    throw new UsageError(`cannot set up ${described.qualified}: ${problem}`);
+  // setup() returns nothing (as the original's did): the registry row, read in the same
+  // transaction, says whether this call did the work (set_up_at is the transaction's now()),
+  // and pg2kafka.snapshots whether it left a copy to run online.
+  const outcome = await sql
+    .begin(async (tx) => {
+      await tx`select pg2kafka.setup(${described.oid}::oid::regclass, ${column ?? null}, ${fullRow}, ${snapshot})`;
+      const [row] = await tx<
+        {
+          column: string;
+          full_row: boolean;
+          rows: string | null;
+          changed: boolean;
+          pending: boolean;
+          estimated: string | null;
+        }[]
+      >`
+        select t.external_id_column as column, t.full_row, t.snapshot_rows::text as rows,
+               t.set_up_at = now() as changed, p.table_oid is not null as pending,
+               p.rows_estimated::text as estimated
+        from pg2kafka.tracked_tables t
+        left join pg2kafka.snapshots p on p.table_oid = t.table_oid and p.finished_at is null
+        where t.table_oid = ${described.oid}::oid`;
+      if (!row) throw new Error(`pg2kafka.setup() left no registry row for ${described.qualified}`);
+      return row;
+    })
+    .catch((error: unknown) => {
+      const e = serverError(error);
+      throw sortError(
+        error,
+        e?.code === '42710'
+          ? changeHint(described.qualified, column, fullRow)
+          : e?.code === '42703' && column === undefined
+            ? `name its key column: ${setupLine(described.qualified, '<column>', fullRow)} (a unique NOT NULL column; its value becomes the Kafka message key)`
+            : undefined,
+      );
+    });
+  if (!outcome.changed) {
+    // The only warning setup() gives then is "already set up": the result says it better.
+    warnings.length = 0;
+    if (outcome.full_row !== fullRow) {
+      throw new UsageError(
+        `${described.qualified} is already set up ${outcome.full_row ? 'with' : 'without'} --full-row; nothing was changed\n` +
+          `  hint: ${changeHint(described.qualified, column, fullRow)}`,
+      );
+    }
+  }
+  return {
+    table: described.qualified,
+    tableOid: described.oid,
+    topic,
+    externalIdColumn: outcome.column,
+    fullRow: outcome.full_row,
+    changed: outcome.changed,
+    snapshotRows: outcome.changed && !outcome.pending ? Number(outcome.rows ?? 0) : 0,
+    snapshot: outcome.pending
+      ? 'pending'
+      : outcome.changed && snapshot !== 'none'
+        ? 'copied'
+        : 'none',
+    rowsEstimated: outcome.estimated === null ? undefined : Number(outcome.estimated),
+    warnings: warnings.splice(0),
+  };
+}
+
+/** What `setup '<schema>.*'` did with one table of the schema. */
+export type SchemaSetupEntry =
+  | { table: string; outcome: 'set up'; result: SetupResult }
+  | { table: string; outcome: 'skipped'; reason: string }
+  | { table: string; outcome: 'failed'; error: unknown };
+
+/** A table argument that names every table of a schema: `sales.*`, `"Sales".*`. */
+export function schemaPattern(table: string): string | undefined {
+  return table.endsWith('.*') && table.length > 2 ? table.slice(0, -2) : undefined;
+}
+
+/**
+ * `setup '<schema>.*'`: every plain or partitioned table of the schema that is not a
+ * partition (nor temporary), in name order, each keyed by its primary key (a table
+ * already captured keeps its key). A table without a one-column primary key is skipped;
+ * an error of one table does not stop the others.
+ */
+export async function setupSchemaCommand(
+  config: Config,
+  schema: string,
+  options: Omit<SetupOptions, 'column'> = {},
+): Promise<{ schema: string; entries: SchemaSetupEntry[]; warnings: string[] }> {
+  const warnings: string[] = [];
+  const sql = await connect(config, 'setup', warnings);
+  try {
+    const schemaWarnings = warnings.splice(0);
+    const [found] = await sql<{ name: string | null; shown: string }[]>`
+      select n.nspname as name, format('%I', parts[1]) as shown
+      from (select parse_ident(${schema}) as parts) p
+      left join pg_namespace n on n.nspname = p.parts[1]
+      where cardinality(parts) = 1`.catch((error: unknown) => {
+      throw sortError(error);
+    });
+    if (!found)
+      throw new UsageError(`"${schema}.*" is not a schema pattern: name one schema, as in sales.*`);
+    if (found.name === null)
+      throw new UsageError(`schema ${found.shown} does not exist (table argument: ${schema}.*)`);
+    const tables = await sql<
+      { qualified: string; key: string | null; captured: string | null; reason: string | null }[]
+    >`
+      select format('%I.%I', n.nspname, c.relname) as qualified,
+             case when i.indnkeyatts = 1 then a.attname end as key,
+             t.external_id_column as captured,
+             case when i.indexrelid is null then 'no primary key'
+                  when i.indnkeyatts > 1 then 'a primary key of ' || i.indnkeyatts || ' columns' end as reason
+      from pg_class c
+      join pg_namespace n on n.oid = c.relnamespace
+      left join pg_index i on i.indrelid = c.oid and i.indisprimary
+      left join pg_attribute a on a.attrelid = c.oid and a.attnum = i.indkey[0]
+      left join pg2kafka.tracked_tables t on t.table_oid = c.oid and t.capturing
+      where n.nspname = ${found.name} and c.relkind in ('r', 'p') and not c.relispartition
+        and c.relpersistence <> 't'
+      order by c.relname`;
+    const entries: SchemaSetupEntry[] = [];
+    for (const t of tables) {
+      const column = t.captured ?? t.key;
+      if (column === null) {
+        entries.push({
+          table: t.qualified,
+          outcome: 'skipped',
+          reason: `${t.reason ?? 'no single-column primary key'}; set it up with its key column: ${setupLine(t.qualified, '<column>', options.fullRow ?? false)}`,
+        });
+        continue;
+      }
+      try {
+        const result = await setupOne(sql, config, t.qualified, { ...options, column }, warnings);
+        entries.push({ table: t.qualified, outcome: 'set up', result });
+      } catch (error) {
+        entries.push({ table: t.qualified, outcome: 'failed', error });
       }
     }
-    return {
-      table: described.qualified,
-      topic,
-      externalIdColumn: outcome.column,
-      fullRow: outcome.full_row,
-      changed: outcome.changed,
-      snapshotRows: outcome.changed ? Number(outcome.rows ?? 0) : 0,
-      warnings: [...schemaWarnings, ...warnings],
-    };
+    return { schema: found.shown, entries, warnings: schemaWarnings };
   } finally {
     await sql.end({ timeout: 2 });
   }

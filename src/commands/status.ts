@@ -2,6 +2,7 @@
 import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
 import { checkConnection, openPool } from '../database.ts';
+import { formatDuration, pendingSnapshotList, progressFigures, snapshotRate } from './snapshot.ts';
 import { describeVacuumHolder, VACUUM_WARN_AFTER_MS } from '../relay/vacuum-watch.ts';
 import { vacuumHolder, type VacuumHolder } from '../relay/vacuum.ts';
 
@@ -9,9 +10,10 @@ export const statusHelp = `Usage: pg2kafka status [--json]
 
 Shows the tracked tables, the queue depth and the age of the oldest queued event per
 table, the dead letters (events Kafka refused for good) and how many keys they park, and
-whether a relay is active (and which one), and a transaction that has held vacuum back
-for more than 5 minutes (the queue cannot be cleaned while it stays open). --json prints
-the same as JSON (with the oldest such transaction whatever its age).
+whether a relay is active (and which one), each online snapshot still pending (rows
+copied of about how many, rate and time left, when it started), and a transaction that
+has held vacuum back for more than 5 minutes (the queue cannot be cleaned while it stays
+open). --json prints the same as JSON (with the oldest such transaction whatever its age).
 `;
 
 export interface Status {
@@ -28,6 +30,22 @@ export interface Status {
     keyColumnExists: boolean;
     queued: number;
     oldestAgeSeconds: number | null;
+  }>;
+  /** Online snapshots not finished yet (pg2kafka.snapshots), oldest first. */
+  snapshots: Array<{
+    tableOid: string;
+    table: string;
+    rowsDone: number;
+    /** About how many rows it copies in all; null when unknown. */
+    rowsEstimated: number | null;
+    startedAt: Date;
+    updatedAt: Date;
+    /** Only rows matching it are copied (pg2kafka resnapshot --where); null: every row. */
+    condition: string | null;
+    /** Rows copied per second since it started. */
+    rowsPerSecond: number;
+    /** About how long the rest takes at that rate; null when unknown. */
+    secondsLeft: number | null;
   }>;
   /** The session whose transaction or snapshot is the oldest in this database, if any. */
   vacuumHolder: VacuumHolder | null;
@@ -90,6 +108,18 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
       total: Number(counts?.total ?? 0),
       parkedKeys: Number(counts?.parked_keys ?? 0),
     };
+    const now = Date.now();
+    const snapshots = (await pendingSnapshotList(sql)).map((p) => {
+      const rate = snapshotRate(p, now);
+      return {
+        ...p,
+        rowsPerSecond: Math.round(rate),
+        secondsLeft:
+          p.rowsEstimated !== null && rate > 0 && p.rowsEstimated > p.rowsDone
+            ? Math.ceil((p.rowsEstimated - p.rowsDone) / rate)
+            : null,
+      };
+    });
     const holder = await vacuumHolder(sql);
     const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
     const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
@@ -110,6 +140,7 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
         queued: Number(t.queued),
         oldestAgeSeconds: t.oldest,
       })),
+      snapshots,
       vacuumHolder: holder ?? null,
     };
   } finally {
@@ -120,6 +151,11 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
 function formatDeadLetterCounts(deadLetters: Status['deadLetters']): string {
   if (deadLetters.total === 0) return 'dead letters: none';
   return `dead letters: ${deadLetters.total}, parking ${deadLetters.parkedKeys} key(s) (list them with: pg2kafka dead-letters)`;
+}
+
+/** 2026-12-02T11:36:01Z */
+function isoSeconds(date: Date): string {
+  return new Date(date).toISOString().replace(/\.\d+Z$/, 'Z');
 }
 
 export function formatStatus(status: Status): string {
@@ -137,6 +173,21 @@ export function formatStatus(status: Status): string {
         `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
     ),
   ];
+  if (status.snapshots.length > 0) {
+    lines.push('snapshots pending:');
+    for (const s of status.snapshots) {
+      const rate = s.rowsPerSecond;
+      const idle = Math.max(0, (Date.now() - new Date(s.updatedAt).getTime()) / 1000);
+      lines.push(
+        `  ${s.table}${s.condition === null ? '' : ` (rows where ${s.condition})`}: ` +
+          `${progressFigures(s.rowsDone, s.rowsEstimated, rate)}; ` +
+          `started ${isoSeconds(s.startedAt)}, last chunk ${new Date(s.updatedAt).getTime() === new Date(s.startedAt).getTime() ? 'none yet' : `${formatDuration(idle)} ago`}`,
+      );
+    }
+    if (!status.relay.active) {
+      lines.push('  no relay is active to copy them: pg2kafka snapshot copies them now');
+    }
+  }
   const holder = status.vacuumHolder;
   if (holder && (holder.transactionSeconds ?? 0) * 1000 >= VACUUM_WARN_AFTER_MS) {
     lines.push(`vacuum: ${describeVacuumHolder(holder)}`);
