@@ -10,8 +10,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
+import { startRelay } from '../../src/commands/relay.ts';
+import { parseConfig } from '../../src/config.ts';
+import { createLogger } from '../../src/logger.ts';
 import { snapshotViolations } from '../capture/support.ts';
-import { dedupe, useCollectors, useRelays, type ArrivedEvent } from './support.ts';
+import { dedupe, useCollectors, useRelays, type ArrivedEvent, type LogLine } from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
@@ -23,8 +26,14 @@ const client = new Kafka({
 });
 const { collectTopic } = useCollectors(client);
 
-/** Twelve chunks of the default 5,000 rows. */
-const ROWS = 60_000;
+/**
+ * Twelve chunks of the default 5,000 rows; `npm run test:snapshot-1m` runs this file with
+ * a million (SNAPSHOT_TEST_ROWS).
+ */
+const ROWS = Number(process.env.SNAPSHOT_TEST_ROWS ?? 60_000);
+/** Waits and test timeouts grow with the table: about 20k events/s through the relay. */
+const WAIT_MS = 120_000 + ROWS / 5;
+const TEST_MS = 2 * WAIT_MS + 60_000;
 
 interface WriterTotals {
   updates: number;
@@ -93,7 +102,7 @@ async function arrived(
   await waitFor(
     `${expected} distinct events (have ${dedupe(collector.received).unique.length})`,
     () => dedupe(collector.received).unique.length >= expected,
-    120_000,
+    WAIT_MS,
     200,
   );
   await sleep(500);
@@ -121,7 +130,7 @@ async function assertSnapshotHistory(table: string, events: readonly ArrivedEven
 
 test(
   'an online snapshot under 16 writers: no SNAPSHOT older than a change sent, every row once, the table replayed',
-  { timeout: 240_000 },
+  { timeout: TEST_MS },
   async (t) => {
     const table = 'busy_t';
     await createTable(table);
@@ -135,7 +144,7 @@ test(
     await waitFor(
       'the relay finished the snapshot',
       async () => (await snapshotState(table))?.outcome === 'done',
-      120_000,
+      WAIT_MS,
       100,
     );
     await sleep(300);
@@ -145,7 +154,7 @@ test(
       `writers during the snapshot: ${totals.updates} updates, ${totals.inserts} inserts; longest statement ${totals.longestMs.toFixed(1)} ms; ${JSON.stringify(await snapshotState(table))}`,
     );
     assert.ok(totals.updates > 1_000, `writers kept writing (${totals.updates} updates)`);
-    await waitFor('an empty queue', async () => (await queueDepth()) === 0, 120_000, 200);
+    await waitFor('an empty queue', async () => (await queueDepth()) === 0, WAIT_MS, 200);
     const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
     await assertSnapshotHistory(table, unique);
     const progress = r.logs.filter((l) => l.msg.includes(`snapshot of ${table}`));
@@ -159,7 +168,7 @@ test(
 
 test(
   'the relay SIGKILLed twice mid-snapshot: the next one resumes, every row once, nothing reordered',
-  { timeout: 240_000 },
+  { timeout: TEST_MS },
   async (t) => {
     const table = 'killed_t';
     await createTable(table);
@@ -167,12 +176,12 @@ test(
     const writerPool = db.connect({ max: 8 });
     const writers = startWriters(writerPool, table, 8);
     const killedAt: number[] = [];
-    for (const atLeast of [15_000, 35_000]) {
+    for (const atLeast of [Math.round(ROWS / 4), Math.round((ROWS * 3) / 5)]) {
       const r = relay();
       await waitFor(
         `the snapshot past ${atLeast} rows`,
         async () => ((await snapshotState(table))?.rowsDone ?? 0) >= atLeast,
-        120_000,
+        WAIT_MS,
         20,
       );
       await r.kill();
@@ -184,7 +193,7 @@ test(
     await waitFor(
       'the last relay finished the snapshot',
       async () => (await snapshotState(table))?.outcome === 'done',
-      120_000,
+      WAIT_MS,
       100,
     );
     const totals = await writers.stop();
@@ -196,7 +205,7 @@ test(
       killedAt.every((n) => n > 0 && n < ROWS),
       `killed mid-snapshot: ${killedAt.join(', ')}`,
     );
-    await waitFor('an empty queue', async () => (await queueDepth()) === 0, 120_000, 200);
+    await waitFor('an empty queue', async () => (await queueDepth()) === 0, WAIT_MS, 200);
     const resumed = last.logs.find((l) => l.msg.startsWith(`resuming the snapshot of ${table}`));
     assert.ok(
       resumed,
@@ -211,3 +220,45 @@ test(
     assert.equal((await last.stop()).code, 0);
   },
 );
+
+test('the relay logs the snapshot: a start line, progress with rate and time left, a done line', async () => {
+  const table = 'logged_t';
+  await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
+  await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, 20000) g`);
+  await db.sql.unsafe(`analyze ${table}`);
+  const lines: LogLine[] = [];
+  const logger = createLogger('info', {
+    write: (line: string) => {
+      lines.push(JSON.parse(line) as LogLine);
+    },
+  });
+  const config = parseConfig({ DATABASE_URL: db.url, KAFKA_BROKERS: kafka.brokers.join(',') });
+  // A progress line after every chunk instead of every PROGRESS_EVERY_MS.
+  const running = await startRelay(config, logger, { snapshots: { progressEveryMs: 0 } });
+  assert.ok(running);
+  try {
+    await waitFor('the relay active', () => lines.some((l) => l.msg === 'active: shipping events'));
+    await db.sql.unsafe(`select pg2kafka.setup('${table}')`);
+    await waitFor(
+      'the done line',
+      () => lines.some((l) => l.msg.startsWith(`snapshot of ${table} done`)),
+      60_000,
+    );
+  } finally {
+    await running.shutdown();
+  }
+  const messages = lines.filter((l) => l.component === 'relay.snapshot').map((l) => l.msg);
+  assert.equal(messages[0], `copying the existing rows of ${table} online (about 20000)`);
+  assert.match(
+    messages[1] ?? '',
+    new RegExp(
+      `^snapshot of ${table}: 5000 of about 20000 rows \\(25%\\), \\d+ rows/s, about \\d+ s left$`,
+    ),
+  );
+  assert.match(
+    messages.at(-1) ?? '',
+    new RegExp(`^snapshot of ${table} done: 20000 rows in \\d+ s$`),
+  );
+  // Chunks end at 5,000, 10,000, 15,000 and 20,000; the fifth finds nothing and is done.
+  assert.equal(messages.filter((m) => m.includes(' of about ')).length, 4, messages.join('\n'));
+});
