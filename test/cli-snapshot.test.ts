@@ -9,8 +9,10 @@ import { before, test } from 'node:test';
 import { migrated, trackedAs } from './capture/support.ts';
 import { useTestDatabase, waitFor } from './helpers.ts';
 import { cliEnv, RelayProcess, runCli } from './relay/support.ts';
-import { ProgressDisplay, progressFigures } from '../src/commands/snapshot.ts';
+import { copySnapshots, ProgressDisplay, progressFigures } from '../src/commands/snapshot.ts';
 import type { Status } from '../src/commands/status.ts';
+import { createLogger } from '../src/logger.ts';
+import { SnapshotRunner } from '../src/relay/snapshots.ts';
 
 const db = useTestDatabase();
 
@@ -564,4 +566,106 @@ test('progress elsewhere: a line every 5 s, no escape codes', () => {
     progressFigures(0, 10_000_000, 1_000),
     '0 of about 10000000 rows (0%), 1000 rows/s, about 2.8 h left',
   );
+});
+
+/** An Output that keeps what is written, stdout and stderr in one list. */
+function recordedOutput(): {
+  output: { out(text: string): void; err: { write(text: string): boolean } };
+  writes: string[];
+} {
+  const writes: string[] = [];
+  return {
+    writes,
+    output: {
+      out: (text) => writes.push(text),
+      err: {
+        write(text: string) {
+          writes.push(text);
+          return true;
+        },
+      },
+    },
+  };
+}
+
+test('a snapshot cancelled before its turn exits 1 as one cancelled mid-copy does; one done by another runner 0', async () => {
+  await table('cancelled_first', 12_000);
+  await table('done_elsewhere', 12_000);
+  assert.equal((await run(['setup', 'cancelled_first', '--background'])).code, 0);
+  assert.equal((await run(['setup', 'done_elsewhere', '--background'])).code, 0);
+  const oids = await db.sql<{ name: string; oid: string }[]>`
+    select relname as name, oid::text as oid from pg_class
+    where relname in ('cancelled_first', 'done_elsewhere') and relkind = 'r'`;
+  const target = (name: string): { oid: string; table: string } => ({
+    oid: oids.find((o) => o.name === name)?.oid ?? '',
+    table: `public.${name}`,
+  });
+  // What another session does between the list of pending snapshots and their copy.
+  await db.sql`select pg2kafka.cancel_snapshot('cancelled_first')`;
+  await db.sql`call pg2kafka.run_snapshots()`;
+
+  const both = recordedOutput();
+  const code = await copySnapshots(
+    db.sql,
+    [target('cancelled_first'), target('done_elsewhere')],
+    both.output,
+  );
+  assert.equal(code, 1, both.writes.join(''));
+  assert.deepEqual(both.writes, [
+    'the snapshot of public.cancelled_first is no longer pending: cancelled after 0 rows (pg2kafka resnapshot public.cancelled_first starts a new one)\n',
+    'the snapshot of public.done_elsewhere is no longer pending: done, 12000 rows\n',
+  ]);
+  const done = recordedOutput();
+  assert.equal(await copySnapshots(db.sql, [target('done_elsewhere')], done.output), 0);
+  assert.deepEqual(await queued('cancelled_first'), []);
+  assert.deepEqual(await queued('done_elsewhere'), [['SNAPSHOT', 12_000, 12_000]]);
+});
+
+test("the relay's warning about a chunk it cannot copy names the table and says PostgreSQL's hint", async () => {
+  await table('refused', 12_000);
+  await db.sql.unsafe(`
+    create function public.refuse_at(id int) returns boolean language plpgsql as $$
+    begin
+      if id = 7000 then
+        raise exception 'row % refused', id using hint = 'Fix row 7000.';
+      end if;
+      return true;
+    end $$`);
+  assert.equal((await run(['setup', 'refused', '--snapshot=none'])).code, 0);
+  const registered = await run([
+    'resnapshot',
+    'refused',
+    '--where',
+    'public.refuse_at(id)',
+    '--background',
+  ]);
+  assert.equal(registered.code, 0, registered.stderr);
+
+  const lines: Array<{ level: number; msg: string; table?: string }> = [];
+  const logger = createLogger('info', {
+    write: (line: string) => {
+      lines.push(JSON.parse(line) as { level: number; msg: string; table?: string });
+    },
+  });
+  const runner = new SnapshotRunner(db.sql, logger, () => {}, {
+    checkMs: 10,
+    backlogRows: 10_000_000,
+  });
+  runner.setActive(true);
+  runner.start();
+  try {
+    await waitFor('a warning', () => lines.some((l) => l.level === 40) || undefined, 30_000);
+  } finally {
+    await runner.stop();
+    await db.sql`select pg2kafka.cancel_snapshot('refused')`;
+  }
+  const warning = lines.find((l) => l.level === 40);
+  assert.match(
+    warning?.msg ?? '',
+    /^cannot copy the snapshot of refused now, retrying in \d+ ms: row 7000 refused \(hint: Fix row 7000\.\)$/,
+  );
+  assert.equal(warning?.table, 'refused');
+  // The chunk before the one that fails is kept, whole.
+  assert.equal((await snapshotOf('refused'))?.rowsDone, 5_000);
+  assert.deepEqual(await queued('refused'), [['SNAPSHOT', 5_000, 5_000]]);
 });

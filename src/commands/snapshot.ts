@@ -15,7 +15,13 @@
 import type postgres from 'postgres';
 import type { Config } from '../config.ts';
 import { UsageError } from '../errors.ts';
-import { copyChunk, PROGRESS_EVERY_MS } from '../relay/snapshots.ts';
+import {
+  copyChunk,
+  pendingSnapshots,
+  PROGRESS_EVERY_MS,
+  snapshotProgress,
+  type SnapshotProgress,
+} from '../relay/snapshots.ts';
 import { connect, describeTable, serverError, shellWord, sortError } from './setup.ts';
 
 export const snapshotHelp = `Usage: pg2kafka snapshot [<table>...] [--background]
@@ -71,54 +77,20 @@ export const processOutput = (): Output => ({
   err: process.stderr,
 });
 
-/** A pending snapshot, as `pg2kafka status` and this command show it. */
-export interface PendingSnapshot {
-  tableOid: string;
-  /** schema.table, quoted as SQL needs. */
-  table: string;
-  rowsDone: number;
-  /** About how many rows it copies in all (pg_class or the planner); null when unknown. */
-  rowsEstimated: number | null;
-  startedAt: Date;
-  updatedAt: Date;
-  /** Only rows matching it are copied (resnapshot --where); null: all. */
-  condition: string | null;
-}
-
-interface SnapshotRow {
-  oid: string;
-  name: string;
-  done: string;
-  estimated: string | null;
-  started: Date;
-  updated: Date;
-  condition: string | null;
-  finished: boolean;
-  outcome: string | null;
-}
-
-/** pg2kafka.snapshots rows (one table's, or every one not finished), oldest first. */
-async function snapshotRows(sql: postgres.Sql, tableOid?: string): Promise<SnapshotRow[]> {
-  return sql<SnapshotRow[]>`
-    select p.table_oid::text as oid,
-           coalesce(format('%I.%I', n.nspname, c.relname), p.table_oid::text) as name,
-           p.rows_done::text as done, p.rows_estimated::text as estimated,
-           p.started_at as started, p.updated_at as updated, p.condition,
-           p.finished_at is not null as finished, p.outcome
-    from pg2kafka.snapshots p
-    left join pg_class c on c.oid = p.table_oid
-    left join pg_namespace n on n.oid = c.relnamespace
-    where ${tableOid === undefined ? sql`p.finished_at is null` : sql`p.table_oid = ${tableOid}::oid`}
-    order by p.started_at, p.table_oid`;
-}
+/**
+ * A pending snapshot, as `pg2kafka status` and this command show it: `table` is
+ * schema.table, quoted as SQL needs, and `rowsEstimated` the best estimate known
+ * (estimateRows()), null when there is none.
+ */
+export type PendingSnapshot = Omit<SnapshotProgress, 'qualified' | 'finished' | 'outcome'>;
 
 /**
  * About how many rows a snapshot copies: pg_class.reltuples as recorded when it started,
  * or, when that is unknown (a table never analyzed) or a condition filters the copy, the
  * planner's estimate. Null when neither is known (the table is gone, or may not be read).
  */
-async function estimateRows(sql: postgres.Sql, row: SnapshotRow): Promise<number | null> {
-  if (row.condition === null && row.estimated !== null) return Number(row.estimated);
+async function estimateRows(sql: postgres.Sql, row: SnapshotProgress): Promise<number | null> {
+  if (row.condition === null && row.rowsEstimated !== null) return row.rowsEstimated;
   try {
     // Only planned, never run; the extended protocol takes one statement only.
     const plan = await sql.begin('read only', async (tx) => {
@@ -127,7 +99,7 @@ async function estimateRows(sql: postgres.Sql, row: SnapshotRow): Promise<number
                exists (select 1 from pg_stats s where s.schemaname = n.nspname
                        and s.tablename = c.relname) as analyzed
         from pg_class c join pg_namespace n on n.oid = c.relnamespace
-        where c.oid = ${row.oid}::oid`;
+        where c.oid = ${row.tableOid}::oid`;
       // Without statistics the planner guesses a third of the table for a condition.
       if (!table || (row.condition !== null && !table.analyzed)) return undefined;
       return tx.unsafe<{ 'QUERY PLAN': Array<{ Plan: { 'Plan Rows': number } }> }[]>(
@@ -141,21 +113,21 @@ async function estimateRows(sql: postgres.Sql, row: SnapshotRow): Promise<number
   }
 }
 
-async function pending(sql: postgres.Sql, row: SnapshotRow): Promise<PendingSnapshot> {
+async function pending(sql: postgres.Sql, row: SnapshotProgress): Promise<PendingSnapshot> {
   return {
-    tableOid: row.oid,
-    table: row.name,
-    rowsDone: Number(row.done),
+    tableOid: row.tableOid,
+    table: row.qualified,
+    rowsDone: row.rowsDone,
     rowsEstimated: await estimateRows(sql, row),
-    startedAt: row.started,
-    updatedAt: row.updated,
+    startedAt: row.startedAt,
+    updatedAt: row.updatedAt,
     condition: row.condition,
   };
 }
 
 /** Every snapshot not finished yet, oldest first, with the best estimate of its size. */
 export async function pendingSnapshotList(sql: postgres.Sql): Promise<PendingSnapshot[]> {
-  const rows = await snapshotRows(sql);
+  const rows = await pendingSnapshots(sql);
   const list: PendingSnapshot[] = [];
   for (const row of rows) list.push(await pending(sql, row));
   return list;
@@ -306,8 +278,10 @@ export async function copySnapshots(
     const [size] = await sql<{ rows: number }[]>`select pg2kafka.snapshot_chunk_rows() as rows`;
     let code = 0;
     for (const [index, target] of targets.entries()) {
-      const [row] = await snapshotRows(sql, target.oid);
+      const [row] = await snapshotProgress(sql, target.oid);
       if (!row || row.finished) {
+        // Done by another runner meanwhile, or cancelled: then not copied, as mid-copy.
+        if (row?.outcome !== 'done') code = 1;
         err(`the snapshot of ${target.table} is no longer pending: ${describeEnd(row)}\n`);
         continue;
       }
@@ -340,8 +314,8 @@ export async function copySnapshots(
       }
       display.clear();
       if (!done) return await interrupted(sql, signalled() ?? 'SIGTERM', targets.slice(index), err);
-      const [end] = await snapshotRows(sql, target.oid);
-      const total = Number(end?.done ?? rowsDone);
+      const [end] = await snapshotProgress(sql, target.oid);
+      const total = end?.rowsDone ?? rowsDone;
       const seconds = display.seconds().toFixed(1);
       if (end?.outcome === 'done') {
         const byThisRun = rowsDone - start.rowsDone;
@@ -366,10 +340,10 @@ export async function copySnapshots(
   }
 }
 
-function describeEnd(row: SnapshotRow | undefined): string {
+function describeEnd(row: SnapshotProgress | undefined): string {
   if (!row) return 'it is no longer registered';
-  if (row.outcome === 'done') return `done, ${row.done} rows`;
-  return `${row.outcome ?? 'stopped'} after ${row.done} rows (pg2kafka resnapshot ${shellWord(row.name)} starts a new one)`;
+  if (row.outcome === 'done') return `done, ${row.rowsDone} rows`;
+  return `${row.outcome ?? 'stopped'} after ${row.rowsDone} rows (pg2kafka resnapshot ${shellWord(row.qualified)} starts a new one)`;
 }
 
 /** The message and exit code of a copy stopped by `signal` before `left` were all done. */
@@ -380,7 +354,7 @@ async function interrupted(
   err: (text: string) => void,
 ): Promise<number> {
   const [first] = left;
-  const [row] = first ? await snapshotRows(sql, first.oid) : [];
+  const [row] = first ? await snapshotProgress(sql, first.oid) : [];
   const where = row ? await pending(sql, row) : undefined;
   const figures = where
     ? `${where.rowsDone}${where.rowsEstimated ? ` of about ${where.rowsEstimated}` : ''} rows of ${where.table} are queued as SNAPSHOT events`
@@ -408,7 +382,45 @@ async function backgroundNote(sql: postgres.Sql, tables: string[]): Promise<stri
     : `no relay is active now: the next one to start copies ${them} in the background; to copy ${them} now: ${now}\n`;
 }
 
-/** Copies (or, with `background`, leaves to the relay) the pending snapshots of `oids`. */
+/**
+ * Runs `body` on a connection of `pg2kafka <command>`; the database's warnings gathered
+ * (and not printed by `body`) go to stderr at the end, before the connection is closed.
+ */
+async function withConnection(
+  config: Config,
+  command: string,
+  output: Output,
+  body: (sql: postgres.Sql, warnings: string[]) => Promise<number>,
+): Promise<number> {
+  const warnings: string[] = [];
+  const sql = await connect(config, command, warnings);
+  try {
+    return await body(sql, warnings);
+  } finally {
+    printWarnings(output, warnings);
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/** Copies the pending snapshots of `targets` now or, with `background`, leaves them to the relay. */
+async function copyOrLeave(
+  sql: postgres.Sql,
+  targets: CopyTarget[],
+  background: boolean,
+  output: Output,
+  warnings: string[],
+): Promise<number> {
+  if (!background) return copySnapshots(sql, targets, withWarnings(output, warnings));
+  output.out(
+    await backgroundNote(
+      sql,
+      targets.map((t) => t.table),
+    ),
+  );
+  return 0;
+}
+
+/** Copies (or, with `background`, leaves to the relay) the pending snapshots of `targets`. */
 export async function copyPendingCommand(
   config: Config,
   targets: CopyTarget[],
@@ -416,23 +428,9 @@ export async function copyPendingCommand(
   output: Output = processOutput(),
 ): Promise<number> {
   if (targets.length === 0) return 0;
-  const warnings: string[] = [];
-  const sql = await connect(config, background ? 'setup' : 'snapshot', warnings);
-  try {
-    if (background) {
-      output.out(
-        await backgroundNote(
-          sql,
-          targets.map((t) => t.table),
-        ),
-      );
-      return 0;
-    }
-    return await copySnapshots(sql, targets, withWarnings(output, warnings));
-  } finally {
-    printWarnings(output, warnings);
-    await sql.end({ timeout: 2 });
-  }
+  return withConnection(config, background ? 'setup' : 'snapshot', output, (sql, warnings) =>
+    copyOrLeave(sql, targets, background, output, warnings),
+  );
 }
 
 /** `output` that prints the database's warnings gathered so far before each stderr line. */
@@ -485,17 +483,15 @@ export async function snapshotCommand(
   options: SnapshotOptions,
   output: Output = processOutput(),
 ): Promise<number> {
-  const warnings: string[] = [];
   const command = options.cancel ? 'snapshot --cancel' : 'snapshot';
-  const sql = await connect(config, 'snapshot', warnings);
-  try {
+  return withConnection(config, 'snapshot', output, async (sql, warnings) => {
     printWarnings(output, warnings);
     const named: CopyTarget[] = [];
     for (const table of options.tables) named.push(await setUpTable(sql, table, command));
 
     if (options.cancel) {
       for (const target of named) {
-        const [before] = await snapshotRows(sql, target.oid);
+        const [before] = await snapshotProgress(sql, target.oid);
         const [row] = await sql<{ cancelled: boolean }[]>`
           select pg2kafka.cancel_snapshot(${target.oid}::oid::regclass) as cancelled`.catch(
           (error: unknown) => {
@@ -505,18 +501,21 @@ export async function snapshotCommand(
         printWarnings(output, warnings);
         if (row?.cancelled) {
           output.out(
-            `cancelled the snapshot of ${target.table} after ${before?.done ?? 0} rows; the SNAPSHOT events already queued stay (to copy it again: pg2kafka resnapshot ${shellWord(target.table)})\n`,
+            `cancelled the snapshot of ${target.table} after ${before?.rowsDone ?? 0} rows; the SNAPSHOT events already queued stay (to copy it again: pg2kafka resnapshot ${shellWord(target.table)})\n`,
           );
         }
       }
       return 0;
     }
 
-    const rows = await snapshotRows(sql);
+    const rows = await pendingSnapshots(sql);
     const wanted = new Set(named.map((t) => t.oid));
     const targets: CopyTarget[] = rows
-      .filter((r) => named.length === 0 || wanted.has(r.oid))
-      .map((r) => ({ oid: r.oid, table: named.find((t) => t.oid === r.oid)?.table ?? r.name }));
+      .filter((r) => named.length === 0 || wanted.has(r.tableOid))
+      .map((r) => ({
+        oid: r.tableOid,
+        table: named.find((t) => t.oid === r.tableOid)?.table ?? r.qualified,
+      }));
     for (const target of named) {
       if (!targets.some((t) => t.oid === target.oid)) {
         output.out(
@@ -530,25 +529,15 @@ export async function snapshotCommand(
     }
     if (targets.length === 0) return 0;
     if (options.background) {
-      for (const row of rows.filter((r) => targets.some((t) => t.oid === r.oid))) {
+      for (const row of rows.filter((r) => targets.some((t) => t.oid === r.tableOid))) {
         const p = await pending(sql, row);
         output.out(
           `pending: ${p.table}${p.condition === null ? '' : ` (rows where ${p.condition})`}: ${progressFigures(p.rowsDone, p.rowsEstimated, snapshotRate(p))}\n`,
         );
       }
-      output.out(
-        await backgroundNote(
-          sql,
-          targets.map((t) => t.table),
-        ),
-      );
-      return 0;
     }
-    return await copySnapshots(sql, targets, withWarnings(output, warnings));
-  } finally {
-    printWarnings(output, warnings);
-    await sql.end({ timeout: 2 });
-  }
+    return copyOrLeave(sql, targets, options.background, output, warnings);
+  });
 }
 
 export async function resnapshotCommand(
@@ -557,9 +546,7 @@ export async function resnapshotCommand(
   options: { where?: string | undefined; background: boolean },
   output: Output = processOutput(),
 ): Promise<number> {
-  const warnings: string[] = [];
-  const sql = await connect(config, 'resnapshot', warnings);
-  try {
+  return withConnection(config, 'resnapshot', output, async (sql, warnings) => {
     printWarnings(output, warnings);
     const target = await setUpTable(sql, table, 'resnapshot');
     await sql`select pg2kafka.resnapshot(${target.oid}::oid::regclass, ${options.where ?? null})`.catch(
@@ -577,13 +564,6 @@ export async function resnapshotCommand(
     output.out(
       `snapshot of ${target.table}${options.where === undefined ? '' : ` (rows where ${options.where})`} registered\n`,
     );
-    if (options.background) {
-      output.out(await backgroundNote(sql, [target.table]));
-      return 0;
-    }
-    return await copySnapshots(sql, [target], withWarnings(output, warnings));
-  } finally {
-    printWarnings(output, warnings);
-    await sql.end({ timeout: 2 });
-  }
+    return copyOrLeave(sql, [target], options.background, output, warnings);
+  });
 }

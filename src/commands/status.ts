@@ -2,7 +2,13 @@
 import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
 import { checkConnection, openPool } from '../database.ts';
-import { formatDuration, pendingSnapshotList, progressFigures, snapshotRate } from './snapshot.ts';
+import {
+  formatDuration,
+  pendingSnapshotList,
+  progressFigures,
+  snapshotRate,
+  type PendingSnapshot,
+} from './snapshot.ts';
 import { describeVacuumHolder, VACUUM_WARN_AFTER_MS } from '../relay/vacuum-watch.ts';
 import { vacuumHolder, type VacuumHolder } from '../relay/vacuum.ts';
 
@@ -32,21 +38,14 @@ export interface Status {
     oldestAgeSeconds: number | null;
   }>;
   /** Online snapshots not finished yet (pg2kafka.snapshots), oldest first. */
-  snapshots: Array<{
-    tableOid: string;
-    table: string;
-    rowsDone: number;
-    /** About how many rows it copies in all; null when unknown. */
-    rowsEstimated: number | null;
-    startedAt: Date;
-    updatedAt: Date;
-    /** Only rows matching it are copied (pg2kafka resnapshot --where); null: every row. */
-    condition: string | null;
-    /** Rows copied per second since it started. */
-    rowsPerSecond: number;
-    /** About how long the rest takes at that rate; null when unknown. */
-    secondsLeft: number | null;
-  }>;
+  snapshots: Array<
+    PendingSnapshot & {
+      /** Rows copied per second since it started. */
+      rowsPerSecond: number;
+      /** About how long the rest takes at that rate; null when unknown. */
+      secondsLeft: number | null;
+    }
+  >;
   /** The session whose transaction or snapshot is the oldest in this database, if any. */
   vacuumHolder: VacuumHolder | null;
 }

@@ -35,48 +35,77 @@ export interface SnapshotRunnerOptions {
   progressEveryMs?: number;
 }
 
-/** One pending snapshot, as pg2kafka.snapshots and pg_class know it. */
+/** A snapshot's row of pg2kafka.snapshots, with its table's names from pg_class. */
 export interface SnapshotProgress {
   tableOid: string;
+  /** The table as regclass prints it (schema-qualified only off the search_path). */
   table: string;
+  /** schema.table, quoted as SQL needs; the oid once the table is gone. */
+  qualified: string;
   rowsDone: number;
-  rowsEstimated: number | undefined;
+  /** pg_class.reltuples when it started; null when unknown (never analyzed). */
+  rowsEstimated: number | null;
   startedAt: Date;
   updatedAt: Date;
-  condition: string | undefined;
+  /** Only rows matching it are copied (resnapshot's condition); null: all. */
+  condition: string | null;
+  finished: boolean;
+  /** 'done' or 'cancelled' once finished; null while pending. */
+  outcome: string | null;
 }
 
 /** Rows every column name is one lowercase word of: the caller's pool may transform names. */
 interface ProgressRow {
   oid: string;
   name: string;
+  qualified: string;
   done: string;
   estimated: string | null;
   started: Date;
   updated: Date;
   condition: string | null;
+  finished: boolean;
+  outcome: string | null;
 }
 
-/** Snapshots not finished yet, oldest first. */
-export async function pendingSnapshots(
+/**
+ * Rows of pg2kafka.snapshots, oldest first: the snapshots not finished yet, or with
+ * `tableOid` that table's, whether finished or not.
+ */
+export async function snapshotProgress(
   sql: postgres.Sql | postgres.TransactionSql,
+  tableOid?: string,
 ): Promise<SnapshotProgress[]> {
   const rows = await sql<ProgressRow[]>`
     select p.table_oid::text as oid, p.table_oid::regclass::text as name,
+           coalesce(format('%I.%I', n.nspname, c.relname), p.table_oid::text) as qualified,
            p.rows_done::text as done, p.rows_estimated::text as estimated,
-           p.started_at as started, p.updated_at as updated, p.condition
+           p.started_at as started, p.updated_at as updated, p.condition,
+           p.finished_at is not null as finished, p.outcome
     from pg2kafka.snapshots p
-    where p.finished_at is null
+    left join pg_class c on c.oid = p.table_oid
+    left join pg_namespace n on n.oid = c.relnamespace
+    where ${tableOid === undefined ? sql`p.finished_at is null` : sql`p.table_oid = ${tableOid}::oid`}
     order by p.started_at, p.table_oid`;
   return rows.map((r) => ({
     tableOid: r.oid,
     table: r.name,
+    qualified: r.qualified,
     rowsDone: Number(r.done),
-    rowsEstimated: r.estimated === null ? undefined : Number(r.estimated),
+    rowsEstimated: r.estimated === null ? null : Number(r.estimated),
     startedAt: r.started,
     updatedAt: r.updated,
-    condition: r.condition ?? undefined,
+    condition: r.condition,
+    finished: r.finished,
+    outcome: r.outcome,
   }));
+}
+
+/** Snapshots not finished yet, oldest first. */
+export function pendingSnapshots(
+  sql: postgres.Sql | postgres.TransactionSql,
+): Promise<SnapshotProgress[]> {
+  return snapshotProgress(sql);
 }
 
 /** One chunk of `tableOid`'s snapshot, in a transaction of its own. */
@@ -111,11 +140,25 @@ export function describeProgress(p: SnapshotProgress, now = Date.now()): string 
   return parts.join(', ');
 }
 
+/**
+ * An error as a warning says it: PostgreSQL's hint too, which says what to do (for one
+ * that snapshot_chunk raises, such as a missing grant, what to grant).
+ */
+function describeError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const { hint } = error as { hint?: unknown };
+  return typeof hint === 'string' && hint !== ''
+    ? `${error.message} (hint: ${hint})`
+    : error.message;
+}
+
 export class SnapshotRunner {
   private active = false;
   private stopped = false;
   private running: Promise<void> | undefined;
   private wakeUp: (() => void) | undefined;
+  /** The table whose snapshot copyPending() is at, for what a failure says. */
+  private copying: string | undefined;
 
   constructor(
     private readonly sql: postgres.Sql,
@@ -152,11 +195,14 @@ export class SnapshotRunner {
       } catch (error) {
         failures += 1;
         const retryInMs = backoffDelay(failures);
+        const table = this.copying;
         this.logger.warn(
-          { err: error, retryInMs },
-          `cannot copy snapshot chunks now, retrying in ${retryInMs} ms: ${error instanceof Error ? error.message : String(error)}`,
+          { err: error, retryInMs, table },
+          `cannot copy ${table === undefined ? 'snapshot chunks' : `the snapshot of ${table}`} now, retrying in ${retryInMs} ms: ${describeError(error)}`,
         );
         await this.pause(retryInMs);
+      } finally {
+        this.copying = undefined;
       }
     }
   }
@@ -165,8 +211,13 @@ export class SnapshotRunner {
   private async copyPending(): Promise<boolean> {
     const [next] = await pendingSnapshots(this.sql);
     if (!next) return false;
+    this.copying = next.table;
     this.logger.info(
-      { table: next.table, rowsDone: next.rowsDone, rowsEstimated: next.rowsEstimated },
+      {
+        table: next.table,
+        rowsDone: next.rowsDone,
+        rowsEstimated: next.rowsEstimated ?? undefined,
+      },
       next.rowsDone === 0
         ? `copying the existing rows of ${next.table} online${next.rowsEstimated ? ` (about ${next.rowsEstimated})` : ''}`
         : `resuming the snapshot of ${next.table} after ${next.rowsDone} rows`,
@@ -182,10 +233,8 @@ export class SnapshotRunner {
       const everyMs = this.options.progressEveryMs ?? PROGRESS_EVERY_MS;
       if (done || Date.now() - progressAt >= everyMs) {
         progressAt = Date.now();
-        const [now] = await this.sql<{ done: string; outcome: string | null }[]>`
-          select p.rows_done::text as done, p.outcome from pg2kafka.snapshots p
-          where p.table_oid = ${next.tableOid}::oid`;
-        const progress = { ...next, rowsDone: Number(now?.done ?? 0) };
+        const [now] = await snapshotProgress(this.sql, next.tableOid);
+        const progress = { ...next, rowsDone: now?.rowsDone ?? 0 };
         if (done) {
           const seconds = Math.round((Date.now() - next.startedAt.getTime()) / 1000);
           this.logger.info(
@@ -197,7 +246,11 @@ export class SnapshotRunner {
           return true;
         }
         this.logger.info(
-          { table: next.table, rowsDone: progress.rowsDone, rowsEstimated: next.rowsEstimated },
+          {
+            table: next.table,
+            rowsDone: progress.rowsDone,
+            rowsEstimated: next.rowsEstimated ?? undefined,
+          },
           `snapshot of ${next.table}: ${describeProgress(progress)}`,
         );
       }
