@@ -475,7 +475,11 @@ BEGIN
   PERFORM pg2kafka.lock_table(table_name_ref, 'ACCESS EXCLUSIVE');
   PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
   UPDATE pg2kafka.tracked_tables t SET capturing = false, torn_down_at = now() WHERE t.table_oid = table_name_ref;
-  RAISE NOTICE 'pg2kafka: stopped capturing %; its queued events will still be shipped', table_name_ref;
+  -- A copy of rows whose later changes no trigger captures would mislead consumers.
+  UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
+  WHERE p.table_oid = table_name_ref AND p.finished_at IS NULL;
+  RAISE NOTICE 'pg2kafka: stopped capturing %; its queued events will still be shipped%', table_name_ref,
+    CASE WHEN FOUND THEN ' (its online snapshot was cancelled)' ELSE '' END;
 END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.teardown(regclass) FROM PUBLIC;

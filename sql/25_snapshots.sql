@@ -60,6 +60,13 @@ BEGIN
     RETURN QUERY SELECT 0::bigint, true;
     RETURN;
   END IF;
+  -- Torn down (teardown cancels its snapshot; this catches one registered meanwhile).
+  IF NOT EXISTS (SELECT 1 FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing) THEN
+    UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
+    WHERE p.table_oid = tbl;
+    RETURN QUERY SELECT 0::bigint, true;
+    RETURN;
+  END IF;
   SELECT format_type(a.atttypid, a.atttypmod) INTO key_type
   FROM pg_attribute a
   WHERE a.attrelid = tbl AND a.attname = s.key_column AND a.attnum > 0 AND NOT a.attisdropped;
@@ -127,6 +134,17 @@ DECLARE
 BEGIN
   IF tbl IS NULL THEN
     RAISE EXCEPTION 'pg2kafka.resnapshot(table [, condition]) needs a table' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  -- It runs as pg2kafka's owner: the caller must be able to read the table itself, and
+  -- a condition (SQL run as that owner) is taken only from a member of the owner role.
+  IF NOT has_table_privilege(session_user, tbl, 'SELECT') THEN
+    RAISE EXCEPTION 'permission denied: % may not read %, so it may not snapshot it', session_user, tbl
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF condition IS NOT NULL AND NOT pg_has_role(session_user, current_user, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied: only the owner of schema pg2kafka (%) may give resnapshot a condition', current_user
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'The condition runs as that role, which can read what the caller may not. Ask its owner, or snapshot the whole table.';
   END IF;
   SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing;
   IF NOT FOUND THEN

@@ -266,3 +266,49 @@ test('without a key column setup takes the primary key; several columns or none 
     message: 'public.heap_t has no primary key: name its external id column',
   });
 });
+
+test('teardown cancels a pending snapshot: no copy of rows whose changes are no longer captured', async () => {
+  await createTable('torn_t', 12_000);
+  await db.sql`select pg2kafka.setup('torn_t', 'k')`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('torn_t')`;
+  await db.sql`select pg2kafka.teardown('torn_t')`;
+  const [chunk] = await db.sql<{ rows: string; done: boolean }[]>`
+    select rows_copied::text as rows, done from pg2kafka.snapshot_chunk('torn_t')`;
+  assert.deepEqual({ ...chunk }, { rows: '0', done: true });
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const [row] = await db.sql<{ outcome: string; done: string }[]>`
+    select outcome, rows_done::text as done from pg2kafka.snapshots
+    where table_oid = 'torn_t'::regclass`;
+  assert.deepEqual({ ...row }, { outcome: 'cancelled', done: '5000' });
+  assert.equal((await queuedEvents(db.sql, 'torn_t')).length, 5_000, 'only the chunk before');
+});
+
+test('resnapshot: the caller must read the table, and only the owner of pg2kafka may give a condition', async () => {
+  await createTable('guarded_t', 10);
+  await db.sql`create table secret_t (n int)`;
+  await db.sql`insert into secret_t values (7)`;
+  await db.sql`select pg2kafka.setup('guarded_t', 'k')`;
+  const role = `resnap_${Date.now().toString(36)}`;
+  await db.sql.unsafe(`create role "${role}" login`);
+  const sql = db.connect({ max: 1, user: role });
+  try {
+    await db.sql.unsafe(`grant usage on schema pg2kafka to "${role}"`);
+    await db.sql.unsafe(
+      `grant execute on function pg2kafka.resnapshot(regclass, text) to "${role}"`,
+    );
+    await assert.rejects(sql`select pg2kafka.resnapshot('public.guarded_t')`, {
+      code: '42501',
+      message: `permission denied: ${role} may not read public.guarded_t, so it may not snapshot it`,
+    });
+    await db.sql.unsafe(`grant select on guarded_t to "${role}"`);
+    await assert.rejects(
+      sql`select pg2kafka.resnapshot('public.guarded_t', 'k = (select n from public.secret_t)')`,
+      { code: '42501' },
+    );
+    await sql`select pg2kafka.resnapshot('public.guarded_t')`;
+  } finally {
+    await sql.end();
+    await db.sql.unsafe(`drop owned by "${role}"`);
+    await db.sql.unsafe(`drop role "${role}"`);
+  }
+});
