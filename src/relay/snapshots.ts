@@ -158,7 +158,9 @@ export class SnapshotRunner {
   private running: Promise<void> | undefined;
   private wakeUp: (() => void) | undefined;
   /** The table whose snapshot copyPending() is at, for what a failure says. */
-  private copying: string | undefined;
+  private copying: { oid: string; table: string } | undefined;
+  /** The snapshot whose chunk failed last: the next try starts with another, if any. */
+  private lastFailed: string | undefined;
 
   constructor(
     private readonly sql: postgres.Sql,
@@ -195,7 +197,8 @@ export class SnapshotRunner {
       } catch (error) {
         failures += 1;
         const retryInMs = backoffDelay(failures);
-        const table = this.copying;
+        const table = this.copying?.table;
+        this.lastFailed = this.copying?.oid;
         this.logger.warn(
           { err: error, retryInMs, table },
           `cannot copy ${table === undefined ? 'snapshot chunks' : `the snapshot of ${table}`} now, retrying in ${retryInMs} ms: ${describeError(error)}`,
@@ -209,9 +212,12 @@ export class SnapshotRunner {
 
   /** Copies pending snapshots while active; false when there was none. */
   private async copyPending(): Promise<boolean> {
-    const [next] = await pendingSnapshots(this.sql);
+    // Oldest first, but not the one that just failed while others wait: one table whose
+    // chunks keep failing (a policy, a bad condition) must not stop the rest.
+    const pending = await pendingSnapshots(this.sql);
+    const next = pending.find((p) => p.tableOid !== this.lastFailed) ?? pending[0];
     if (!next) return false;
-    this.copying = next.table;
+    this.copying = { oid: next.tableOid, table: next.table };
     this.logger.info(
       {
         table: next.table,

@@ -262,3 +262,37 @@ test('the relay logs the snapshot: a start line, progress with rate and time lef
   // Chunks end at 5,000, 10,000, 15,000 and 20,000; the fifth finds nothing and is done.
   assert.equal(messages.filter((m) => m.includes(' of about ')).length, 4, messages.join('\n'));
 });
+
+test('a snapshot whose chunks keep failing does not keep the relay from copying the others', async () => {
+  for (const table of ['failing_t', 'after_t']) {
+    await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
+    await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, 12000) g`);
+  }
+  await db.sql`select pg2kafka.setup('failing_t', snapshot => 'none')`;
+  // Compiles, so resnapshot takes it; fails on every row it reads.
+  await db.sql`select pg2kafka.resnapshot('failing_t', 'k / (k - k) > 0')`;
+  await db.sql`select pg2kafka.setup('after_t')`;
+  const lines: LogLine[] = [];
+  const logger = createLogger('info', {
+    write: (line: string) => {
+      lines.push(JSON.parse(line) as LogLine);
+    },
+  });
+  const config = parseConfig({ DATABASE_URL: db.url, KAFKA_BROKERS: kafka.brokers.join(',') });
+  const running = await startRelay(config, logger, {});
+  assert.ok(running);
+  try {
+    await waitFor(
+      'after_t copied',
+      async () => (await snapshotState('after_t'))?.outcome === 'done',
+      60_000,
+      100,
+    );
+  } finally {
+    await running.shutdown();
+    await db.sql`select pg2kafka.cancel_snapshot('failing_t')`;
+  }
+  const warning = lines.find((l) => l.msg.startsWith('cannot copy the snapshot of failing_t now'));
+  assert.ok(warning, 'the failing table is named');
+  assert.match(warning.msg, /division by zero/);
+});
