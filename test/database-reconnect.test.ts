@@ -6,22 +6,15 @@
  * answers, comes back soon after the server does, and an ended pool connects no more.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { openPool } from '../src/database.ts';
-import { PgProxy } from './pg-proxy.ts';
+import { PgProxy, useProxies } from './pg-proxy.ts';
 import { sleep, useTestDatabase } from './helpers.ts';
 
 const db = useTestDatabase();
 
-const proxies: PgProxy[] = [];
-async function startProxy(): Promise<PgProxy> {
-  const proxy = await PgProxy.start(db.url);
-  proxies.push(proxy);
-  return proxy;
-}
-after(async () => {
-  await Promise.all(proxies.map((p) => p.close()));
-});
+/** Proxies in front of the test database, closed after the file. */
+const { startProxy } = useProxies(db);
 
 /** A pool of three through `proxy`, with two slow queries in flight when it goes down. */
 async function poolCutMidQuery(proxy: PgProxy) {

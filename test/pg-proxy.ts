@@ -8,6 +8,7 @@
  * `attempts` since a moment.
  */
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { after } from 'node:test';
 
 /** An ErrorResponse message: severity FATAL, the given SQLSTATE and text. */
 function errorResponse(sqlstate: string, message: string): Buffer {
@@ -116,4 +117,22 @@ export class PgProxy {
       });
     });
   }
+}
+
+/**
+ * For a test file: `startProxy()` starts a proxy in front of `db` (its URL is read when
+ * called, once the database exists); every proxy is closed after the file.
+ */
+export function useProxies(db: { url: string }): { startProxy: () => Promise<PgProxy> } {
+  const proxies: PgProxy[] = [];
+  after(async () => {
+    await Promise.all(proxies.map((p) => p.close()));
+  });
+  return {
+    async startProxy() {
+      const proxy = await PgProxy.start(db.url);
+      proxies.push(proxy);
+      return proxy;
+    },
+  };
 }

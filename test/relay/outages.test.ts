@@ -6,13 +6,13 @@
  * lines logged, how hard the relay hits the server, and which events arrived.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { migrate } from '../../src/capture/migrate.ts';
 import { startRelay } from '../../src/commands/relay.ts';
 import type { Status } from '../../src/commands/status.ts';
 import { parseConfig } from '../../src/config.ts';
 import { createLogger } from '../../src/logger.ts';
-import { PgProxy } from '../pg-proxy.ts';
+import { useProxies } from '../pg-proxy.ts';
 import { sleep, useKafka, useTestDatabase, waitFor } from '../helpers.ts';
 import { cliEnv, runCli, useRelays } from './support.ts';
 
@@ -23,15 +23,7 @@ const kafka = useKafka();
 const { relay, queueDepth } = useRelays(db, kafka);
 
 /** Proxies in front of the test database, closed after the file. */
-const proxies: PgProxy[] = [];
-async function startProxy(): Promise<PgProxy> {
-  const proxy = await PgProxy.start(db.url);
-  proxies.push(proxy);
-  return proxy;
-}
-after(async () => {
-  await Promise.all(proxies.map((p) => p.close()));
-});
+const { startProxy } = useProxies(db);
 
 /** A port nothing listens on: connections are refused at once. */
 const NO_BROKER = '127.0.0.1:1';
