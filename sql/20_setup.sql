@@ -259,6 +259,7 @@ DECLARE
   rel record;
   online boolean;
   fits boolean;
+  composite boolean;
   key_attnum smallint;
   problem text;
   registered pg2kafka.tracked_tables;
@@ -324,13 +325,13 @@ BEGIN
 
   IF external_id_name IS NULL THEN
     SELECT CASE WHEN i.indnkeyatts = 1 THEN a.attname END, i.indnkeyatts > 1
-    INTO external_id_name, fits
+    INTO external_id_name, composite
     FROM pg_index i
     LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
     WHERE i.indrelid = table_name_ref AND i.indisprimary;
     IF external_id_name IS NULL THEN
       RAISE EXCEPTION '% has %: name its external id column', qualified,
-        CASE WHEN fits THEN 'a primary key of several columns' ELSE 'no primary key' END
+        CASE WHEN composite THEN 'a primary key of several columns' ELSE 'no primary key' END
         USING ERRCODE = 'undefined_column',
               HINT = format('SELECT pg2kafka.setup(%L, <column>); the column''s value becomes the Kafka message key: a unique NOT NULL column.', qualified);
     END IF;
@@ -415,21 +416,22 @@ BEGIN
     END IF;
   END IF;
   snapshot_count := 0;
-  DELETE FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref;
   IF online THEN
-    INSERT INTO pg2kafka.snapshots (table_oid, key_column, rows_estimated)
-    VALUES (table_name_ref, external_id_name,
-            (SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END FROM pg_class c WHERE c.oid = table_name_ref));
+    PERFORM pg2kafka.register_snapshot(table_name_ref, external_id_name, NULL);
     snapshot_count := NULL;
-  ELSIF snapshot <> 'none' THEN
-    BEGIN
-      EXECUTE format(
-        'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
-        table_name_ref::oid, 'SNAPSHOT', table_name_ref);
-    EXCEPTION WHEN insufficient_privilege THEN
-      PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
-    END;
-    GET DIAGNOSTICS snapshot_count = ROW_COUNT;
+  ELSE
+    -- A snapshot left from an earlier setup would describe another capture.
+    DELETE FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref;
+    IF snapshot <> 'none' THEN
+      BEGIN
+        EXECUTE format(
+          'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
+          table_name_ref::oid, 'SNAPSHOT', table_name_ref);
+      EXCEPTION WHEN insufficient_privilege THEN
+        PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
+      END;
+      GET DIAGNOSTICS snapshot_count = ROW_COUNT;
+    END IF;
   END IF;
 
   INSERT INTO pg2kafka.tracked_tables AS t
@@ -463,6 +465,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   registered pg2kafka.tracked_tables;
+  snapshot_cancelled boolean;
 BEGIN
   IF table_name_ref IS NULL THEN
     RAISE EXCEPTION 'pg2kafka.teardown(table) needs a table' USING ERRCODE = 'null_value_not_allowed';
@@ -476,10 +479,9 @@ BEGIN
   PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
   UPDATE pg2kafka.tracked_tables t SET capturing = false, torn_down_at = now() WHERE t.table_oid = table_name_ref;
   -- A copy of rows whose later changes no trigger captures would mislead consumers.
-  UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
-  WHERE p.table_oid = table_name_ref AND p.finished_at IS NULL;
+  snapshot_cancelled := pg2kafka.end_snapshot(table_name_ref);
   RAISE NOTICE 'pg2kafka: stopped capturing %; its queued events will still be shipped%', table_name_ref,
-    CASE WHEN FOUND THEN ' (its online snapshot was cancelled)' ELSE '' END;
+    CASE WHEN snapshot_cancelled THEN ' (its online snapshot was cancelled)' ELSE '' END;
 END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.teardown(regclass) FROM PUBLIC;

@@ -28,6 +28,39 @@ CREATE OR REPLACE FUNCTION pg2kafka.snapshot_chunk_rows() RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT 5000 $$;
 
+-- Registers the online snapshot of `tbl`, walking `key_column`, from its first key; a
+-- snapshot of it already registered starts over. setup() and resnapshot() call it.
+CREATE OR REPLACE FUNCTION pg2kafka.register_snapshot(tbl regclass, key_column text, condition text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_column, condition, rows_estimated)
+  -- pg_class.reltuples: an estimate, -1 (or 0) before the first ANALYZE.
+  SELECT tbl, key_column, condition, CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END
+  FROM pg_class c WHERE c.oid = tbl
+  ON CONFLICT (table_oid) DO UPDATE SET
+    key_column = excluded.key_column, condition = excluded.condition, after_key = NULL,
+    rows_done = 0, chunks_done = 0, rows_estimated = excluded.rows_estimated,
+    started_at = now(), updated_at = now(), finished_at = NULL, outcome = NULL
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.register_snapshot(regclass, text, text) FROM PUBLIC;
+
+-- Ends `tbl`'s running snapshot where it is, as cancelled; false when none was running.
+CREATE OR REPLACE FUNCTION pg2kafka.end_snapshot(tbl regclass)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH ended AS (
+    UPDATE pg2kafka.snapshots p
+    SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
+    WHERE p.table_oid = tbl AND p.finished_at IS NULL
+    RETURNING 1)
+  SELECT count(*) > 0 FROM ended
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.end_snapshot(regclass) FROM PUBLIC;
+
 -- Copies the next chunk of `tbl`'s pending snapshot; done once nothing is left (also
 -- when no snapshot of it is pending). Commit right after it: its rows stay locked FOR
 -- SHARE, and its writers wait, until the transaction ends.
@@ -62,8 +95,7 @@ BEGIN
   END IF;
   -- Torn down (teardown cancels its snapshot; this catches one registered meanwhile).
   IF NOT EXISTS (SELECT 1 FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing) THEN
-    UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
-    WHERE p.table_oid = tbl;
+    PERFORM pg2kafka.end_snapshot(tbl);
     RETURN QUERY SELECT 0::bigint, true;
     RETURN;
   END IF;
@@ -71,8 +103,7 @@ BEGIN
   FROM pg_attribute a
   WHERE a.attrelid = tbl AND a.attname = s.key_column AND a.attnum > 0 AND NOT a.attisdropped;
   IF NOT FOUND THEN
-    UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
-    WHERE p.table_oid = tbl;
+    PERFORM pg2kafka.end_snapshot(tbl);
     RAISE WARNING 'pg2kafka: the snapshot of % stopped after % row(s): its key column "%" is gone', tbl, s.rows_done, s.key_column
       USING HINT = format('Set the table up again: SELECT pg2kafka.teardown(%L); SELECT pg2kafka.setup(%L, <key column>);', tbl::text, tbl::text);
     RETURN QUERY SELECT 0::bigint, true;
@@ -166,13 +197,7 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END;
   END IF;
-  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_column, condition, rows_estimated)
-  VALUES (tbl, registered.external_id_column, condition,
-          (SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END FROM pg_class c WHERE c.oid = tbl))
-  ON CONFLICT (table_oid) DO UPDATE SET
-    key_column = excluded.key_column, condition = excluded.condition, after_key = NULL,
-    rows_done = 0, chunks_done = 0, rows_estimated = excluded.rows_estimated,
-    started_at = now(), updated_at = now(), finished_at = NULL, outcome = NULL;
+  PERFORM pg2kafka.register_snapshot(tbl, registered.external_id_column, condition);
   RAISE NOTICE '%', format('pg2kafka: snapshot of %s%s registered; the active relay copies it in chunks',
     tbl, CASE WHEN condition IS NULL THEN '' ELSE ' (rows where ' || condition || ')' END);
 END
@@ -186,9 +211,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  UPDATE pg2kafka.snapshots p SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled'
-  WHERE p.table_oid = tbl AND p.finished_at IS NULL;
-  IF NOT FOUND THEN
+  IF NOT pg2kafka.end_snapshot(tbl) THEN
     RAISE WARNING 'pg2kafka: no snapshot of % is running; nothing was changed', tbl;
     RETURN false;
   END IF;

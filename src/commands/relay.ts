@@ -319,9 +319,6 @@ export async function startRelay(
   });
   logRelayEvents(relay, log);
   const vacuumWatch = new VacuumWatch(sql, log, options.vacuumWatch);
-  relay.on((event) => {
-    if (event.type === 'leadership') vacuumWatch.setActive(event.active);
-  });
   vacuumWatch.start();
   const snapshots = new SnapshotRunner(
     sql,
@@ -331,8 +328,11 @@ export async function startRelay(
     },
     options.snapshots,
   );
+  // Only the active relay warns about vacuum and copies snapshots.
   relay.on((event) => {
-    if (event.type === 'leadership') snapshots.setActive(event.active);
+    if (event.type !== 'leadership') return;
+    vacuumWatch.setActive(event.active);
+    snapshots.setActive(event.active);
   });
   snapshots.start();
   const listener = idleFlag

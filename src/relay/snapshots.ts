@@ -23,8 +23,6 @@ export const SNAPSHOT_CHECK_MS = 2_000;
 /** How often the backlog is looked at while it is over one chunk. */
 const BACKLOG_CHECK_MS = 100;
 export const PROGRESS_EVERY_MS = 5_000;
-/** pg2kafka.snapshot_chunk_rows(): the backlog under which the next chunk is copied. */
-export const CHUNK_ROWS = 5_000;
 
 export interface SnapshotRunnerOptions {
   /** Rows per chunk; pg2kafka.snapshot_chunk_rows() when unset. */
@@ -114,13 +112,10 @@ export async function copyChunk(
   tableOid: string,
   chunkRows?: number,
 ): Promise<{ rows: number; done: boolean }> {
-  const [row] = chunkRows
-    ? await sql<{ copied: string; finished: boolean }[]>`
-        select rows_copied::text as copied, done as finished
-        from pg2kafka.snapshot_chunk(${tableOid}::oid::regclass, ${chunkRows}::int)`
-    : await sql<{ copied: string; finished: boolean }[]>`
-        select rows_copied::text as copied, done as finished
-        from pg2kafka.snapshot_chunk(${tableOid}::oid::regclass)`;
+  const [row] = await sql<{ copied: string; finished: boolean }[]>`
+    select rows_copied::text as copied, done as finished
+    from pg2kafka.snapshot_chunk(${tableOid}::oid::regclass,
+                                 coalesce(${chunkRows ?? null}::int, pg2kafka.snapshot_chunk_rows()))`;
   return { rows: Number(row?.copied ?? 0), done: row?.finished ?? true };
 }
 
@@ -266,13 +261,14 @@ export class SnapshotRunner {
 
   /** Fewer events queued than one chunk (counted from the queue floor, at most that many). */
   private async backlogBelowChunk(): Promise<boolean> {
-    const limit = this.options.backlogRows ?? this.options.chunkRows ?? CHUNK_ROWS;
-    const [row] = await this.sql<{ queued: number }[]>`
-      select count(*)::int as queued from (
-        select 1 from pg2kafka.captured_changes c
-        where c.id >= (select l.queue_floor from pg2kafka.relay_lease l)
-        limit ${limit}) q`;
-    return (row?.queued ?? 0) < limit;
+    const limit = this.options.backlogRows ?? this.options.chunkRows ?? null;
+    const [row] = await this.sql<{ below: boolean }[]>`
+      with chunk as (select coalesce(${limit}::int, pg2kafka.snapshot_chunk_rows()) as rows)
+      select (select count(*) from (
+                select 1 from pg2kafka.captured_changes c
+                where c.id >= (select l.queue_floor from pg2kafka.relay_lease l)
+                limit (select rows from chunk)) q) < (select rows from chunk) as below`;
+    return row?.below ?? true;
   }
 
   private pause(ms: number): Promise<void> {
