@@ -137,6 +137,28 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.key_column_problem(regclass, smallint) FROM PUBLIC;
 
+-- How messages name a key: 'external id column "sku"', or 'key columns "region", "id"'.
+CREATE OR REPLACE FUNCTION pg2kafka.key_phrase(key_columns text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN cardinality(key_columns) = 1 THEN 'external id column ' ELSE 'key columns ' END
+         || (SELECT string_agg('"' || c || '"', ', ' ORDER BY o) FROM unnest(key_columns) WITH ORDINALITY u(c, o))
+$$;
+
+-- The setup() call that captures `tbl` with `key_columns` (the primary key's: no column named).
+CREATE OR REPLACE FUNCTION pg2kafka.setup_call(tbl text, key_columns text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN cardinality(key_columns) = 1 THEN format('SELECT pg2kafka.setup(%L, %L);', tbl, key_columns[1])
+              ELSE format('SELECT pg2kafka.setup(%L);', tbl) END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.key_phrase(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.setup_call(text, text[]) FROM PUBLIC;
+
 -- Drops the capture triggers of a table (their clones on partitions go with them).
 CREATE OR REPLACE FUNCTION pg2kafka.drop_capture_triggers(tbl regclass)
 RETURNS void
@@ -239,7 +261,8 @@ DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean);
 
 -- snapshot: 'online' (default), 'locked' (copy every row in setup's transaction, as
 -- before 0.2.0), or 'none' (capture changes only). external_id_name defaults to the
--- table's single-column primary key.
+-- table's primary key; a primary key of several columns makes a key of all of them (the
+-- message key is the JSON array of their values, sql/30_events.sql).
 CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name_ref regclass, external_id_name text DEFAULT NULL,
                                           full_row boolean DEFAULT false, snapshot text DEFAULT 'online')
 RETURNS void
@@ -259,7 +282,7 @@ DECLARE
   rel record;
   online boolean;
   fits boolean;
-  composite boolean;
+  key_names text[];
   key_attnum smallint;
   problem text;
   registered pg2kafka.tracked_tables;
@@ -324,17 +347,22 @@ BEGIN
   PERFORM pg_advisory_xact_lock(hashtext('pg2kafka.setup'), table_name_ref::oid::int4);
 
   IF external_id_name IS NULL THEN
-    SELECT CASE WHEN i.indnkeyatts = 1 THEN a.attname END, i.indnkeyatts > 1
-    INTO external_id_name, composite
+    -- The primary key's columns in index order (INCLUDE columns are not part of it).
+    SELECT array_agg(a.attname::text ORDER BY k.position)
+    INTO key_names
     FROM pg_index i
-    LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    WHERE i.indrelid = table_name_ref AND i.indisprimary;
-    IF external_id_name IS NULL THEN
-      RAISE EXCEPTION '% has %: name its external id column', qualified,
-        CASE WHEN composite THEN 'a primary key of several columns' ELSE 'no primary key' END
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = table_name_ref AND i.indisprimary AND k.position <= i.indnkeyatts;
+    IF key_names IS NULL THEN
+      RAISE EXCEPTION '% has no primary key: name its external id column', qualified
         USING ERRCODE = 'undefined_column',
               HINT = format('SELECT pg2kafka.setup(%L, <column>); the column''s value becomes the Kafka message key: a unique NOT NULL column.', qualified);
     END IF;
+    -- For several columns, their names as a JSON array: what status shows as the key.
+    external_id_name := CASE WHEN cardinality(key_names) = 1 THEN key_names[1] ELSE to_json(key_names)::text END;
+  ELSE
+    key_names := ARRAY[external_id_name];
   END IF;
 
   -- setup runs as pg2kafka's owner; the snapshot copies every row into the queue. So the
@@ -347,7 +375,8 @@ BEGIN
   SELECT a.attnum INTO key_attnum
   FROM pg_attribute a
   WHERE a.attrelid = table_name_ref AND a.attname = external_id_name AND a.attnum > 0 AND NOT a.attisdropped;
-  IF NOT FOUND THEN
+  -- (The columns of a primary key exist.)
+  IF NOT FOUND AND cardinality(key_names) = 1 THEN
     -- The name is matched exactly; a column that differs only in case, or the name given
     -- in SQL double quotes, is probably what was meant.
     SELECT a.attname INTO near_match
@@ -367,28 +396,31 @@ BEGIN
 
   SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref;
   -- Another key would change the message key of every later event: refuse, never ignore.
-  IF FOUND AND registered.capturing AND registered.external_id_column <> external_id_name THEN
-    RAISE EXCEPTION '% is already set up with external id column "%", not "%"; nothing was changed',
-      qualified, registered.external_id_column, external_id_name
+  IF FOUND AND registered.capturing AND registered.key_columns <> key_names THEN
+    RAISE EXCEPTION '% is already set up with %, not %; nothing was changed',
+      qualified, pg2kafka.key_phrase(registered.key_columns),
+      CASE WHEN cardinality(registered.key_columns) = 1 AND cardinality(key_names) = 1
+           THEN '"' || external_id_name || '"' ELSE pg2kafka.key_phrase(key_names) END
       USING ERRCODE = 'duplicate_object',
-            HINT = format('To change the external id column, tear it down first: SELECT pg2kafka.teardown(%L); then SELECT pg2kafka.setup(%L, %L);',
-                          qualified, qualified, external_id_name);
+            HINT = format('To change the external id column, tear it down first: SELECT pg2kafka.teardown(%L); then %s',
+                          qualified, pg2kafka.setup_call(qualified, key_names));
   END IF;
   IF FOUND AND registered.capturing THEN
-    RAISE WARNING 'pg2kafka: % is already set up (external id column "%"); nothing was changed',
-      qualified, registered.external_id_column
+    RAISE WARNING 'pg2kafka: % is already set up (%); nothing was changed',
+      qualified, pg2kafka.key_phrase(registered.key_columns)
       USING HINT = format('To change its settings, call pg2kafka.teardown(%L) first.', qualified);
     RETURN;
   END IF;
-  IF FOUND AND (registered.external_id_column <> external_id_name OR registered.full_row <> full_row)
+  IF FOUND AND (registered.key_columns <> key_names OR registered.full_row <> full_row)
      AND EXISTS (SELECT 1 FROM pg2kafka.captured_changes q WHERE q.table_oid = table_name_ref) THEN
-    RAISE EXCEPTION '% still has queued events captured with external id column "%"%',
-      qualified, registered.external_id_column, CASE WHEN registered.full_row THEN ' in full-row mode' ELSE '' END
+    RAISE EXCEPTION '% still has queued events captured with %',
+      qualified, pg2kafka.key_phrase(registered.key_columns) || CASE WHEN registered.full_row THEN ' in full-row mode' ELSE '' END
       USING ERRCODE = 'object_in_use',
             HINT = 'Let the relay ship them first (pg2kafka status shows the queue), then call setup again.';
   END IF;
 
-  problem := pg2kafka.key_column_problem(table_name_ref, key_attnum);
+  -- A primary key of several columns is unique and NOT NULL by definition.
+  problem := CASE WHEN cardinality(key_names) = 1 THEN pg2kafka.key_column_problem(table_name_ref, key_attnum) END;
   IF problem IS NOT NULL THEN
     RAISE WARNING 'pg2kafka: external id column "%" of % is not a unique NOT NULL column (%)',
       external_id_name, qualified, problem
@@ -417,7 +449,7 @@ BEGIN
   END IF;
   snapshot_count := 0;
   IF online THEN
-    PERFORM pg2kafka.register_snapshot(table_name_ref, external_id_name, NULL);
+    PERFORM pg2kafka.register_snapshot(table_name_ref, key_names, NULL);
     snapshot_count := NULL;
   ELSE
     -- A snapshot left from an earlier setup would describe another capture.
@@ -435,12 +467,12 @@ BEGIN
   END IF;
 
   INSERT INTO pg2kafka.tracked_tables AS t
-    (table_oid, schema_name, table_name, external_id_column, full_row, capturing, snapshot_rows, triggers_version)
-  VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, full_row, true, snapshot_count,
+    (table_oid, schema_name, table_name, external_id_column, key_columns, full_row, capturing, snapshot_rows, triggers_version)
+  VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, key_names, full_row, true, snapshot_count,
           pg2kafka.capture_triggers_version())
   ON CONFLICT (table_oid) DO UPDATE SET
     schema_name = excluded.schema_name, table_name = excluded.table_name,
-    external_id_column = excluded.external_id_column, full_row = excluded.full_row,
+    external_id_column = excluded.external_id_column, key_columns = excluded.key_columns, full_row = excluded.full_row,
     capturing = true, snapshot_rows = excluded.snapshot_rows, triggers_version = excluded.triggers_version,
     set_up_at = now(), torn_down_at = NULL;
 

@@ -28,23 +28,25 @@ CREATE OR REPLACE FUNCTION pg2kafka.snapshot_chunk_rows() RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT 5000 $$;
 
--- Registers the online snapshot of `tbl`, walking `key_column`, from its first key; a
--- snapshot of it already registered starts over. setup() and resnapshot() call it.
-CREATE OR REPLACE FUNCTION pg2kafka.register_snapshot(tbl regclass, key_column text, condition text)
+-- Registers the online snapshot of `tbl`, walking `key_columns` (together, in row order),
+-- from its first key; a snapshot of it already registered starts over. setup() and
+-- resnapshot() call it.
+DROP FUNCTION IF EXISTS pg2kafka.register_snapshot(regclass, text, text);
+CREATE OR REPLACE FUNCTION pg2kafka.register_snapshot(tbl regclass, key_columns text[], condition text)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_column, condition, rows_estimated)
+  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_columns, condition, rows_estimated)
   -- pg_class.reltuples: an estimate, -1 (or 0) before the first ANALYZE.
-  SELECT tbl, key_column, condition, CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END
+  SELECT tbl, key_columns, condition, CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END
   FROM pg_class c WHERE c.oid = tbl
   ON CONFLICT (table_oid) DO UPDATE SET
-    key_column = excluded.key_column, condition = excluded.condition, after_key = NULL,
+    key_columns = excluded.key_columns, condition = excluded.condition, after_keys = NULL,
     rows_done = 0, chunks_done = 0, rows_estimated = excluded.rows_estimated,
     started_at = now(), updated_at = now(), finished_at = NULL, outcome = NULL
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.register_snapshot(regclass, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.register_snapshot(regclass, text[], text) FROM PUBLIC;
 
 -- Ends `tbl`'s running snapshot where it is, as cancelled; false when none was running.
 CREATE OR REPLACE FUNCTION pg2kafka.end_snapshot(tbl regclass)
@@ -80,8 +82,13 @@ AS $$
 #variable_conflict use_variable
 DECLARE
   s pg2kafka.snapshots;
-  key_type text;
-  bound text;
+  -- The key columns as SQL: t.a, t.b / t.a::text, t.b::text / $1[1]::int, $1[2]::text
+  key_list text;
+  key_texts text;
+  key_after text;
+  key_upto text;
+  missing text;
+  bound text[];
   copied bigint;
 BEGIN
   IF tbl IS NULL OR chunk_rows IS NULL OR chunk_rows < 1 THEN
@@ -99,41 +106,47 @@ BEGIN
     RETURN QUERY SELECT 0::bigint, true;
     RETURN;
   END IF;
-  SELECT format_type(a.atttypid, a.atttypmod) INTO key_type
-  FROM pg_attribute a
-  WHERE a.attrelid = tbl AND a.attname = s.key_column AND a.attnum > 0 AND NOT a.attisdropped;
-  IF NOT FOUND THEN
+  SELECT string_agg(format('t.%I', k.name), ', ' ORDER BY k.position),
+         string_agg(format('t.%I::text', k.name), ', ' ORDER BY k.position),
+         string_agg(format('$1[%s]::%s', k.position, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY k.position),
+         string_agg(format('$2[%s]::%s', k.position, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY k.position),
+         string_agg(format('"%s"', k.name), ', ' ORDER BY k.position) FILTER (WHERE a.attnum IS NULL)
+  INTO key_list, key_texts, key_after, key_upto, missing
+  FROM unnest(s.key_columns) WITH ORDINALITY AS k(name, position)
+  LEFT JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+  IF missing IS NOT NULL THEN
     PERFORM pg2kafka.end_snapshot(tbl);
-    RAISE WARNING 'pg2kafka: the snapshot of % stopped after % row(s): its key column "%" is gone', tbl, s.rows_done, s.key_column
+    RAISE WARNING 'pg2kafka: the snapshot of % stopped after % row(s): its key column % is gone', tbl, s.rows_done, missing
       USING HINT = format('Set the table up again: SELECT pg2kafka.teardown(%L); SELECT pg2kafka.setup(%L, <key column>);', tbl::text, tbl::text);
     RETURN QUERY SELECT 0::bigint, true;
     RETURN;
   END IF;
 
   -- The bound: the chunk_rows-th key above the last one, read without locks, over all
-  -- rows (a condition filters what is copied, not how the keys are walked).
+  -- rows (a condition filters what is copied, not how the keys are walked). Several key
+  -- columns compare as a row, (a, b) > (x, y), which the primary key's index serves.
   EXECUTE format(
-    'SELECT t.%1$I::text FROM %2$s t WHERE $1::text IS NULL OR t.%1$I > $1::%3$s ORDER BY t.%1$I OFFSET $2 LIMIT 1',
-    s.key_column, tbl, key_type)
-  INTO bound USING s.after_key, chunk_rows - 1;
+    'SELECT ARRAY[%1$s] FROM %2$s t WHERE $1::text[] IS NULL OR (%3$s) > (%4$s) ORDER BY %3$s OFFSET $2 LIMIT 1',
+    key_texts, tbl, key_list, key_after)
+  INTO bound USING s.after_keys, chunk_rows - 1;
 
   BEGIN
     EXECUTE format(
       'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
        SELECT %1$L, %2$L, to_json(r) FROM (
          SELECT * FROM %3$s t
-         WHERE ($1::text IS NULL OR t.%4$I > $1::%5$s) AND ($2::text IS NULL OR t.%4$I <= $2::%5$s) AND (%6$s)
-         ORDER BY t.%4$I
+         WHERE ($1::text[] IS NULL OR (%4$s) > (%5$s)) AND ($2::text[] IS NULL OR (%4$s) <= (%6$s)) AND (%7$s)
+         ORDER BY %4$s
          FOR SHARE) r',
-      tbl::oid, 'SNAPSHOT', tbl, s.key_column, key_type, coalesce(s.condition, 'true'))
-    USING s.after_key, bound;
+      tbl::oid, 'SNAPSHOT', tbl, key_list, key_after, key_upto, coalesce(s.condition, 'true'))
+    USING s.after_keys, bound;
   EXCEPTION WHEN insufficient_privilege THEN
     PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);
   END;
   GET DIAGNOSTICS copied = ROW_COUNT;
 
   UPDATE pg2kafka.snapshots p
-  SET after_key = coalesce(bound, p.after_key),
+  SET after_keys = coalesce(bound, p.after_keys),
       rows_done = p.rows_done + copied,
       chunks_done = p.chunks_done + 1,
       updated_at = clock_timestamp(),
@@ -183,7 +196,7 @@ BEGIN
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = format('Set it up first: SELECT pg2kafka.setup(%L, <key column>);', tbl::text);
   END IF;
-  IF pg2kafka.key_column_problem(tbl, (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = registered.external_id_column AND NOT a.attisdropped)) IS NOT NULL THEN
+  IF cardinality(registered.key_columns) = 1 AND pg2kafka.key_column_problem(tbl, (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = registered.external_id_column AND NOT a.attisdropped)) IS NOT NULL THEN
     RAISE EXCEPTION 'the external id column "%" of % is not a unique NOT NULL column: it cannot be walked in chunks', registered.external_id_column, tbl
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'Add a unique index on it, or copy the rows yourself.';
@@ -197,7 +210,7 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END;
   END IF;
-  PERFORM pg2kafka.register_snapshot(tbl, registered.external_id_column, condition);
+  PERFORM pg2kafka.register_snapshot(tbl, registered.key_columns, condition);
   RAISE NOTICE '%', format('pg2kafka: snapshot of %s%s registered; the active relay copies it in chunks',
     tbl, CASE WHEN condition IS NULL THEN '' ELSE ' (rows where ' || condition || ')' END);
 END

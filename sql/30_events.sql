@@ -19,7 +19,9 @@
 --
 -- external_id is the key column's JSON value as text (->>: strings unquoted), printed with
 -- the settings pinned by the triggers: strings and numbers exactly, timestamps as ISO 8601
--- in UTC.
+-- in UTC. For a key of several columns (a composite primary key) it is the JSON array of
+-- their values in the key's column order, with no spaces: each value as jsonb prints it
+-- (strings quoted and escaped, numbers as in the row), e.g. ["eu",42] (composite_key()).
 -- uuid is a name-based (version 3, RFC 4122) uuid of the install's event_namespace and
 -- "<id>" (or "<id>:old-key" for a DELETE half): stable across re-reads and re-sends,
 -- so consumers can drop duplicates, and unique across reinstalls.
@@ -60,6 +62,20 @@ AS $$
   WHERE (old_row OPERATOR(pg_catalog.->) n.key)::text IS DISTINCT FROM n.value::text
 $$;
 
+-- The external id of a key of several columns: '["eu",42]'; NULL for a NULL row. A
+-- missing column (dropped) gives null in its place. Only such tables call it: a key of one
+-- column is a plain ->> that PostgreSQL evaluates inline.
+CREATE OR REPLACE FUNCTION pg2kafka.composite_key(r json, key_columns text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT '[' OPERATOR(pg_catalog.||)
+         pg_catalog.string_agg(coalesce((r OPERATOR(pg_catalog.->) u.name)::jsonb::text, 'null'), ',' ORDER BY u.position)
+         OPERATOR(pg_catalog.||) ']'
+  FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS u(name, position)
+  WHERE r IS NOT NULL
+$$;
+
 CREATE OR REPLACE VIEW pg2kafka.outbound_event_queue AS
 SELECT
   c.id,
@@ -84,8 +100,10 @@ CROSS JOIN LATERAL (
   SELECT c.old_row::jsonb AS old_row, c.new_row::jsonb AS new_row
 ) AS r
 CROSS JOIN LATERAL (
-  SELECT r.old_row ->> t.external_id_column AS old_key,
-         r.new_row ->> t.external_id_column AS new_key
+  SELECT CASE WHEN cardinality(t.key_columns) = 1 THEN r.old_row ->> t.key_columns[1]
+              ELSE pg2kafka.composite_key(c.old_row, t.key_columns) END AS old_key,
+         CASE WHEN cardinality(t.key_columns) = 1 THEN r.new_row ->> t.key_columns[1]
+              ELSE pg2kafka.composite_key(c.new_row, t.key_columns) END AS new_key
 ) AS k
 CROSS JOIN LATERAL (
   SELECT 0 AS part, ':old-key' AS name_suffix, k.old_key AS external_id, 'DELETE' AS statement,

@@ -25,8 +25,8 @@ export const setupHelp = `Usage: pg2kafka setup <table> [<external-id-column>] [
 Starts capturing <table> (schema-qualified or found on the search_path; quote mixed-case
 names as in SQL: '"Sales"."Order Items"'): installs the capture triggers and queues one
 SNAPSHOT event per existing row. Events are keyed by <external-id-column> (default: the
-table's primary key, which must then be a single column). --full-row makes UPDATE carry
-the whole new row and DELETE the old row.
+table's primary key; of several columns, the key is the JSON array of their values,
+["eu",42]). --full-row makes UPDATE carry the whole new row and DELETE the old row.
 
 --snapshot=online (the default) copies a table of more than 5,000 rows in chunks of
 5,000, each its own short transaction, while its writers go on; a smaller table, or one
@@ -40,7 +40,7 @@ SIGTERM) stops it after the chunk in flight and keeps the progress: pg2kafka sna
 copy to the active relay.
 
 '<schema>.*' sets up every table of the schema (not its partitions), each with its
-primary key; a table without a single-column primary key is skipped and reported.
+primary key; a table without a primary key is skipped and reported.
 
 Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]);
 `;
@@ -262,7 +262,7 @@ function setupLine(table: string, columnWord: string | undefined, fullRow: boole
 }
 
 export interface SetupOptions {
-  /** The external id column; undefined: the table's one-column primary key. */
+  /** The external id column; undefined: the table's primary key (of one column or several). */
   column?: string | undefined;
   fullRow?: boolean;
   snapshot?: SnapshotMode;
@@ -390,7 +390,7 @@ export function schemaPattern(table: string): string | undefined {
 /**
  * `setup '<schema>.*'`: every plain or partitioned table of the schema that is not a
  * partition (nor temporary), in name order, each keyed by its primary key (a table
- * already captured keeps its key). A table without a one-column primary key is skipped;
+ * already captured keeps its key). A table without a primary key is skipped;
  * an error of one table does not stop the others.
  */
 export async function setupSchemaCommand(
@@ -413,34 +413,31 @@ export async function setupSchemaCommand(
       throw new UsageError(`"${schema}.*" is not a schema pattern: name one schema, as in sales.*`);
     if (found.name === null)
       throw new UsageError(`schema ${found.shown} does not exist (table argument: ${schema}.*)`);
-    const tables = await sql<
-      { qualified: string; key: string | null; captured: string | null; reason: string | null }[]
-    >`
+    const tables = await sql<{ qualified: string; column: string | null; keyed: boolean }[]>`
+      -- column: the key column a captured table keeps; NULL lets setup() take the primary
+      -- key (of one column or several).
       select format('%I.%I', n.nspname, c.relname) as qualified,
-             case when i.indnkeyatts = 1 then a.attname end as key,
-             t.external_id_column as captured,
-             case when i.indexrelid is null then 'no primary key'
-                  when i.indnkeyatts > 1 then 'a primary key of ' || i.indnkeyatts || ' columns' end as reason
+             case when cardinality(t.key_columns) = 1 then t.external_id_column end as column,
+             i.indexrelid is not null or t.table_oid is not null as keyed
       from pg_class c
       join pg_namespace n on n.oid = c.relnamespace
       left join pg_index i on i.indrelid = c.oid and i.indisprimary
-      left join pg_attribute a on a.attrelid = c.oid and a.attnum = i.indkey[0]
       left join pg2kafka.tracked_tables t on t.table_oid = c.oid and t.capturing
       where n.nspname = ${found.name} and c.relkind in ('r', 'p') and not c.relispartition
         and c.relpersistence <> 't'
       order by c.relname`;
     const entries: SchemaSetupEntry[] = [];
     for (const t of tables) {
-      const column = t.captured ?? t.key;
-      if (column === null) {
+      if (!t.keyed) {
         entries.push({
           table: t.qualified,
           outcome: 'skipped',
-          reason: `${t.reason ?? 'no single-column primary key'}; set it up with its key column: ${setupLine(t.qualified, '<column>', options.fullRow ?? false)}`,
+          reason: `no primary key; set it up with its key column: ${setupLine(t.qualified, '<column>', options.fullRow ?? false)}`,
         });
         continue;
       }
       try {
+        const column = t.column ?? undefined;
         const result = await setupOne(sql, config, t.qualified, { ...options, column }, warnings);
         entries.push({ table: t.qualified, outcome: 'set up', result });
       } catch (error) {

@@ -84,8 +84,9 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
       select case when c.oid is null then format('%I.%I', t.schema_name, t.table_name) || ' (dropped)'
                   else format('%I.%I', n.nspname, c.relname) end as table,
              t.external_id_column as column, t.full_row, t.capturing,
-             exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
-                     and a.attname = t.external_id_column and not a.attisdropped) as key_exists,
+             not exists (select 1 from unnest(t.key_columns) k(name)
+                         where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
+                                           and a.attname = k.name and not a.attisdropped)) as key_exists,
              coalesce(q.queued, 0)::text as queued, q.oldest
       from pg2kafka.tracked_tables t
       left join pg_class c on c.oid = t.table_oid

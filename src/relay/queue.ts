@@ -95,10 +95,15 @@ export class EventQueue {
       ) c
       join pg2kafka.tracked_tables t on t.table_oid = c.table_oid
       -- The key's text as the view prints it (jsonb ->>): only the key goes through jsonb,
-      -- so arrays, floats and json keys print the same as in the view.
+      -- so arrays, floats and json keys print the same as in the view. A key of several
+      -- columns is the JSON array of their values (pg2kafka.composite_key).
       cross join lateral (
-        select (c.new_row -> t.external_id_column)::jsonb #>> '{}' as new_key,
-               (c.old_row -> t.external_id_column)::jsonb #>> '{}' as old_key
+        select case when cardinality(t.key_columns) = 1
+                    then (c.new_row -> t.key_columns[1])::jsonb #>> '{}'
+                    else pg2kafka.composite_key(c.new_row, t.key_columns) end as new_key,
+               case when cardinality(t.key_columns) = 1
+                    then (c.old_row -> t.key_columns[1])::jsonb #>> '{}'
+                    else pg2kafka.composite_key(c.old_row, t.key_columns) end as old_key
       ) k
       left join pg_catalog.pg_class cl on cl.oid = c.table_oid
       left join pg_catalog.pg_namespace ns on ns.oid = cl.relnamespace

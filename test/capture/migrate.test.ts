@@ -30,6 +30,7 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0003_dead_letters',
       '0004_queue_floor',
       '0005_snapshots',
+      '0006_key_columns',
     ],
     functionsUpdated: true,
     triggersRefreshed: [],
@@ -78,9 +79,10 @@ test('two migrations at once both succeed and install once', async () => {
     '0003_dead_letters',
     '0004_queue_floor',
     '0005_snapshots',
+    '0006_key_columns',
   ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 5);
+  assert.equal(count?.n, 6);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

@@ -113,8 +113,8 @@ test('progress is the bound taken before reading, not the largest key copied', a
   await db.sql`select pg2kafka.setup('bound_t', 'k', snapshot => 'none')`;
   await db.sql`select pg2kafka.resnapshot('bound_t', 'k <= 3 or k > 11998')`;
   const progress = async () => {
-    const [row] = await db.sql<{ after: string | null; done: string; outcome: string | null }[]>`
-      select after_key as after, rows_done::text as done, outcome
+    const [row] = await db.sql<{ after: string[] | null; done: string; outcome: string | null }[]>`
+      select after_keys as after, rows_done::text as done, outcome
       from pg2kafka.snapshots where table_oid = 'bound_t'::regclass`;
     return row && { afterKey: row.after, rowsDone: Number(row.done), outcome: row.outcome };
   };
@@ -126,9 +126,9 @@ test('progress is the bound taken before reading, not the largest key copied', a
   }
   // The first chunk's bound is the 5,000th key: recorded although only 1..3 matched.
   assert.deepEqual(chunks, [
-    { copied: 3, last: false, afterKey: '5000', rowsDone: 3, outcome: null },
-    { copied: 0, last: false, afterKey: '10000', rowsDone: 3, outcome: null },
-    { copied: 2, last: true, afterKey: '10000', rowsDone: 5, outcome: 'done' },
+    { copied: 3, last: false, afterKey: ['5000'], rowsDone: 3, outcome: null },
+    { copied: 0, last: false, afterKey: ['10000'], rowsDone: 3, outcome: null },
+    { copied: 2, last: true, afterKey: ['10000'], rowsDone: 5, outcome: 'done' },
   ]);
   const events = await queuedEvents(db.sql, 'bound_t');
   assert.deepEqual(
@@ -157,14 +157,67 @@ test('setup copies a table of one chunk itself, registers a bigger one, and says
   );
   assert.equal((await queuedEvents(db.sql, 'one_chunk_t')).length, 5_000);
   assert.equal((await queuedEvents(db.sql, 'two_chunks_t')).length, 0);
-  const pending = await db.sql<{ table: string; key: string }[]>`
-    select table_oid::regclass::text as table, key_column as key
+  const pending = await db.sql<{ table: string; key: string[] }[]>`
+    select table_oid::regclass::text as table, key_columns as key
     from pg2kafka.snapshots
     where finished_at is null and table_oid in ('one_chunk_t'::regclass, 'two_chunks_t'::regclass)`;
   assert.deepEqual(
     pending.map((p) => ({ ...p })),
-    [{ table: 'two_chunks_t', key: 'k' }],
+    [{ table: 'two_chunks_t', key: ['k'] }],
   );
+});
+
+test('a key of several columns is walked as a row: (g, k) above the bound, every row once, in key order', async () => {
+  await db.sql`create table walk_t (k int, g int, v int not null, primary key (g, k))`;
+  await db.sql`insert into walk_t select k, g, 1 from generate_series(1, 3) g, generate_series(1, 4) k`;
+  await db.sql`select pg2kafka.setup('walk_t', snapshot => 'none')`;
+  await db.sql`select pg2kafka.resnapshot('walk_t')`;
+  const steps: unknown[] = [];
+  for (let i = 0; i < 3; i += 1) {
+    const [chunk] = await db.sql<{ rows: string; done: boolean }[]>`
+      select rows_copied::text as rows, done from pg2kafka.snapshot_chunk('walk_t', 5)`;
+    const [progress] = await db.sql<{ after: string[] | null }[]>`
+      select after_keys as after from pg2kafka.snapshots where table_oid = 'walk_t'::regclass`;
+    steps.push([Number(chunk?.rows), chunk?.done, progress?.after]);
+  }
+  assert.deepEqual(steps, [
+    [5, false, ['2', '1']],
+    [5, false, ['3', '2']],
+    [2, true, ['3', '2']],
+  ]);
+  const keys = ['1', '2', '3'].flatMap((g) => ['1', '2', '3', '4'].map((k) => `[${g},${k}]`));
+  assert.deepEqual(
+    (await queuedEvents(db.sql, 'walk_t')).map((e) => e.external_id),
+    keys,
+  );
+});
+
+test('the external id of a key of several columns is the JSON array of the values, as data writes them', async () => {
+  await db.sql`
+    create table pair_t (name text, at timestamptz, n numeric, note text, primary key (name, at, n))`;
+  await db.sql`select pg2kafka.setup('pair_t')`;
+  await db.sql`
+    insert into pair_t values (${'caf\u00e9 "q" \\'}, '2026-01-02 03:04:05.123456+02', 1.50, 'a')`;
+  await db.sql`update pair_t set note = 'b'`;
+  await db.sql`update pair_t set n = 2`;
+  await db.sql`delete from pair_t`;
+  const key = (n: string) => `["caf\u00e9 \\"q\\" \\\\","2026-01-02T01:04:05.123456+00:00",${n}]`;
+  assert.deepEqual(
+    (await queuedEvents(db.sql, 'pair_t')).map((e) => [e.statement, e.external_id, e.part]),
+    [
+      ['INSERT', key('1.50'), 1],
+      ['UPDATE', key('1.50'), 1],
+      // A change of any key column is a key change.
+      ['DELETE', key('1.50'), 0],
+      ['INSERT', key('2'), 1],
+      ['DELETE', key('2'), 1],
+    ],
+  );
+  // Each element is the value's JSON text in the event's data.
+  const [insert] = await queuedEvents(db.sql, 'pair_t');
+  const data = JSON.parse(insert?.data_text ?? '{}') as Record<string, unknown>;
+  assert.deepEqual(JSON.parse(insert?.external_id ?? ''), [data.name, data.at, 1.5]);
+  assert.match(insert?.data_text ?? '', /"n": 1.50/);
 });
 
 test('CALL pg2kafka.run_snapshots() copies every pending snapshot, a chunk per transaction', async () => {
@@ -248,18 +301,36 @@ test('two setups of one table at once (two deploys): one sets it up, the other c
   }
 });
 
-test('without a key column setup takes the primary key; several columns or none must be named', async () => {
+test('without a key column setup takes the primary key, of one column or several; none must be named', async () => {
   await db.sql`create table pk_t (code text primary key, v int)`;
-  await db.sql`create table composite_t (a int, b int, primary key (a, b))`;
+  // Index order, not table order; INCLUDE columns are not part of the key.
+  await db.sql`
+    create table composite_t (extra int, b int, a int, constraint composite_pk primary key (a, b) include (extra))`;
   await db.sql`create table heap_t (a int)`;
   await db.sql`select pg2kafka.setup('pk_t')`;
-  const [row] = await db.sql<{ column: string }[]>`
-    select external_id_column as column from pg2kafka.tracked_tables
-    where table_oid = 'pk_t'::regclass`;
-  assert.equal(row?.column, 'code');
-  await assert.rejects(db.sql`select pg2kafka.setup('composite_t')`, {
-    code: '42703',
-    message: 'public.composite_t has a primary key of several columns: name its external id column',
+  await db.sql`select pg2kafka.setup('composite_t')`;
+  const rows = await db.sql<{ table: string; column: string; keys: string[] }[]>`
+    select table_oid::regclass::text as table, external_id_column as column, key_columns as keys
+    from pg2kafka.tracked_tables
+    where table_oid in ('pk_t'::regclass, 'composite_t'::regclass) order by 1`;
+  assert.deepEqual(
+    rows.map((r) => ({ ...r })),
+    [
+      { table: 'composite_t', column: '["a","b"]', keys: ['a', 'b'] },
+      { table: 'pk_t', column: 'code', keys: ['code'] },
+    ],
+  );
+  await db.sql`insert into composite_t values (7, 2, 1)`;
+  assert.deepEqual(
+    (await queuedEvents(db.sql, 'composite_t')).map((e) => [e.statement, e.external_id]),
+    [['INSERT', '[1,2]']],
+  );
+  // The same key again changes nothing; a key of one of its columns is refused.
+  await db.sql`select pg2kafka.setup('composite_t')`;
+  await assert.rejects(db.sql`select pg2kafka.setup('composite_t', 'a')`, {
+    code: '42710',
+    message:
+      'public.composite_t is already set up with key columns "a", "b", not external id column "a"; nothing was changed',
   });
   await assert.rejects(db.sql`select pg2kafka.setup('heap_t')`, {
     code: '42703',

@@ -7,7 +7,7 @@
  * the way: the next relay resumes where the last committed chunk ended.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
 import { startRelay } from '../../src/commands/relay.ts';
@@ -35,6 +35,36 @@ const ROWS = Number(process.env.SNAPSHOT_TEST_ROWS ?? 60_000);
 const WAIT_MS = 120_000 + ROWS / 5;
 const TEST_MS = 2 * WAIT_MS + 60_000;
 
+/**
+ * How a test table is keyed: by k alone, or by the primary key (g, k) with g = k % 7, which
+ * the snapshot walks as a row, in an order that is not k's. Every row has its own k.
+ */
+interface Shape {
+  columns: string;
+  /** The select list that makes row k = g of generate_series. */
+  row: string;
+  /** Finds the row of k = $1. */
+  where: string;
+  /** Inserts the row of k = $1 at v = 1. */
+  insert: string;
+  /** The external id of k. */
+  keyOf: (k: number) => string;
+}
+const BY_K: Shape = {
+  columns: 'k int primary key, v int not null',
+  row: 'g, 1',
+  where: 'k = $1',
+  insert: '(k, v) values ($1, 1)',
+  keyOf: (k) => String(k),
+};
+const BY_G_K: Shape = {
+  columns: 'k int not null, g int not null, v int not null, primary key (g, k)',
+  row: 'g, g % 7, 1',
+  where: 'g = $1::int % 7 and k = $1',
+  insert: '(k, g, v) values ($1, $1::int % 7, 1)',
+  keyOf: (k) => `[${k % 7},${k}]`,
+};
+
 interface WriterTotals {
   updates: number;
   inserts: number;
@@ -47,7 +77,7 @@ interface WriterTotals {
  * existing key, sometimes a new key above ROWS; each holds its transaction `holdMs`
  * after its statement, as application transactions do other work.
  */
-function startWriters(sql: Sql, table: string, count: number, holdMs = 2) {
+function startWriters(sql: Sql, table: string, count: number, shape = BY_K, holdMs = 2) {
   let running = true;
   let nextKey = ROWS + 1;
   const totals: WriterTotals = { updates: 0, inserts: 0, longestMs: 0 };
@@ -57,13 +87,14 @@ function startWriters(sql: Sql, table: string, count: number, holdMs = 2) {
         const started = performance.now();
         if (Math.random() < 0.05) {
           const k = nextKey++;
-          await tx.unsafe(`insert into ${table} (k, v) values ($1, 1)`, [k]);
+          await tx.unsafe(`insert into ${table} ${shape.insert}`, [k]);
           totals.inserts += 1;
         } else {
           const k = 1 + Math.floor(Math.random() * ROWS);
-          const rows = await tx.unsafe(`update ${table} set v = v + 1 where k = $1 returning v`, [
-            k,
-          ]);
+          const rows = await tx.unsafe(
+            `update ${table} set v = v + 1 where ${shape.where} returning v`,
+            [k],
+          );
           totals.updates += rows.length;
         }
         totals.longestMs = Math.max(totals.longestMs, performance.now() - started);
@@ -81,9 +112,11 @@ function startWriters(sql: Sql, table: string, count: number, holdMs = 2) {
   };
 }
 
-async function createTable(table: string): Promise<void> {
-  await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
-  await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, ${ROWS}) g`);
+async function createTable(table: string, shape = BY_K): Promise<void> {
+  await db.sql.unsafe(`create table ${table} (${shape.columns})`);
+  await db.sql.unsafe(
+    `insert into ${table} select ${shape.row} from generate_series(1, ${ROWS}) g`,
+  );
   await db.sql.unsafe(`analyze ${table}`);
 }
 
@@ -110,13 +143,13 @@ async function arrived(
 }
 
 /** Every original key exactly once as a SNAPSHOT, new keys at most once, the table replayed. */
-async function assertSnapshotHistory(table: string, events: readonly ArrivedEvent[]) {
+async function assertSnapshotHistory(table: string, events: readonly ArrivedEvent[], shape = BY_K) {
   const { violations, snapshots, state } = snapshotViolations(events);
   assert.deepEqual(violations.slice(0, 10), [], `${violations.length} oracle violations`);
   const missing: number[] = [];
   const twice: string[] = [];
   for (let k = 1; k <= ROWS; k += 1) {
-    const n = snapshots.get(String(k)) ?? 0;
+    const n = snapshots.get(shape.keyOf(k)) ?? 0;
     if (n === 0) missing.push(k);
   }
   for (const [key, n] of snapshots) if (n > 1) twice.push(key);
@@ -124,46 +157,64 @@ async function assertSnapshotHistory(table: string, events: readonly ArrivedEven
   assert.deepEqual(twice.slice(0, 10), [], `${twice.length} rows arrived as two SNAPSHOTs`);
   const rows = await db.sql.unsafe<{ k: number; v: number }[]>(`select k, v from ${table}`);
   assert.equal(state.size, rows.length, 'keys on the topic = rows in the table');
-  const differing = rows.filter((r) => state.get(String(r.k)) !== r.v).slice(0, 10);
+  const differing = rows.filter((r) => state.get(shape.keyOf(r.k)) !== r.v).slice(0, 10);
   assert.deepEqual(differing, [], 'replaying the topic gives the table');
+}
+
+/**
+ * `table` set up while `count` writers change it; the active relay copies it online. What
+ * the consumer reads obeys the oracle, every row arrives once, and the topic replays the
+ * table.
+ */
+async function snapshotUnderWriters(
+  t: TestContext,
+  table: string,
+  shape: Shape,
+  count: number,
+): Promise<void> {
+  await createTable(table, shape);
+  const r = relay();
+  await r.waitForLog('active: shipping events');
+  // Without a key column: the primary key, of one column or two.
+  await db.sql.unsafe(`select pg2kafka.setup('${table}')`);
+  // From here on every write is captured; the relay starts copying within seconds.
+  const writerPool = db.connect({ max: count });
+  const writers = startWriters(writerPool, table, count, shape);
+  const collector = await collectTopic(`pg2kafka.${db.name}.${table}`);
+  await waitFor(
+    'the relay finished the snapshot',
+    async () => (await snapshotState(table))?.outcome === 'done',
+    WAIT_MS,
+    100,
+  );
+  await sleep(300);
+  const totals = await writers.stop();
+  await writerPool.end();
+  t.diagnostic(
+    `writers during the snapshot: ${totals.updates} updates, ${totals.inserts} inserts; longest statement ${totals.longestMs.toFixed(1)} ms; ${JSON.stringify(await snapshotState(table))}`,
+  );
+  assert.ok(totals.updates > 1_000, `writers kept writing (${totals.updates} updates)`);
+  await waitFor('an empty queue', async () => (await queueDepth()) === 0, WAIT_MS, 200);
+  const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
+  await assertSnapshotHistory(table, unique, shape);
+  const progress = r.logs.filter((l) => l.msg.includes(`snapshot of ${table}`));
+  assert.ok(
+    progress.some((l) => /^snapshot of \S+ done: \d+ rows in \d+ s$/.test(l.msg)),
+    `a done line: ${progress.map((l) => l.msg).join(' | ')}`,
+  );
+  assert.equal((await r.stop()).code, 0);
 }
 
 test(
   'an online snapshot under 16 writers: no SNAPSHOT older than a change sent, every row once, the table replayed',
   { timeout: TEST_MS },
-  async (t) => {
-    const table = 'busy_t';
-    await createTable(table);
-    const r = relay();
-    await r.waitForLog('active: shipping events');
-    await db.sql.unsafe(`select pg2kafka.setup('${table}', 'k')`);
-    // From here on every write is captured; the relay starts copying within seconds.
-    const writerPool = db.connect({ max: 16 });
-    const writers = startWriters(writerPool, table, 16);
-    const collector = await collectTopic(`pg2kafka.${db.name}.${table}`);
-    await waitFor(
-      'the relay finished the snapshot',
-      async () => (await snapshotState(table))?.outcome === 'done',
-      WAIT_MS,
-      100,
-    );
-    await sleep(300);
-    const totals = await writers.stop();
-    await writerPool.end();
-    t.diagnostic(
-      `writers during the snapshot: ${totals.updates} updates, ${totals.inserts} inserts; longest statement ${totals.longestMs.toFixed(1)} ms; ${JSON.stringify(await snapshotState(table))}`,
-    );
-    assert.ok(totals.updates > 1_000, `writers kept writing (${totals.updates} updates)`);
-    await waitFor('an empty queue', async () => (await queueDepth()) === 0, WAIT_MS, 200);
-    const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
-    await assertSnapshotHistory(table, unique);
-    const progress = r.logs.filter((l) => l.msg.includes(`snapshot of ${table}`));
-    assert.ok(
-      progress.some((l) => /^snapshot of \S+ done: \d+ rows in \d+ s$/.test(l.msg)),
-      `a done line: ${progress.map((l) => l.msg).join(' | ')}`,
-    );
-    assert.equal((await r.stop()).code, 0);
-  },
+  (t) => snapshotUnderWriters(t, 'busy_t', BY_K, 16),
+);
+
+test(
+  'a primary key of two columns, walked as a row under 8 writers: keys are [g,k], the oracle holds, every row once',
+  { timeout: TEST_MS },
+  (t) => snapshotUnderWriters(t, 'pair_t', BY_G_K, 8),
 );
 
 test(

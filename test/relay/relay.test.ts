@@ -261,6 +261,9 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
   await db.sql`create table audit (id bigint primary key, body text)`;
   // Keys whose JSON text differs between json and jsonb: a float, an array.
   await db.sql`create table readings (at float8 primary key, tags int[] unique not null)`;
+  // A key of several columns: the JSON array of their values.
+  await db.sql`
+    create table pairs (region text, at timestamptz, n numeric, note text, primary key (region, at, n))`;
   await db.sql`
     insert into ledger values
       ('A', 9007199254740993, 1234567890123456789012345678.0123456789, '{"x": [1, {"y": null}]}',
@@ -269,6 +272,11 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
   await db.sql`select pg2kafka.setup('ledger', 'sku')`;
   await db.sql`select pg2kafka.setup('audit', 'id', full_row => true)`;
   await db.sql`select pg2kafka.setup('readings', 'tags')`;
+  await db.sql`select pg2kafka.setup('pairs')`;
+  await db.sql`insert into pairs values ('eu "x"', '2026-01-02 03:04:05+02', 1.50, 'a')`;
+  await db.sql`update pairs set note = 'b'`;
+  await db.sql`update pairs set n = 2`;
+  await db.sql`delete from pairs`;
   await db.sql`insert into readings values (1e20, '{1,2}')`;
   await db.sql`update readings set at = -0.0`;
   await db.sql`update readings set tags = '{3}'`;
@@ -295,7 +303,7 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
     select uuid::text, table_name, external_id, statement, data::text,
            to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as created_at
     from pg2kafka.outbound_event_queue order by id, part`;
-  assert.equal(expected.length, 17);
+  assert.equal(expected.length, 22);
 
   const r = relay();
   const shipped = [
@@ -303,6 +311,21 @@ test('every kind of event ships exactly as the outbound_event_queue view describ
     ...(await kafka.consume(`pg2kafka.${db.name}.audit`, 5, 30_000, 500)),
     ...(await kafka.consume(`pg2kafka.${db.name}.readings`, 4, 30_000, 500)),
   ];
+  const pairs = await kafka.consume(`pg2kafka.${db.name}.pairs`, 5, 30_000, 500);
+  shipped.push(...pairs);
+  const pairKey = (n: string) => `["eu \\"x\\"","2026-01-02T01:04:05+00:00",${n}]`;
+  // Per key, in order (two keys may sit on two partitions).
+  const statementsOf = (key: string) =>
+    pairs
+      .filter((m) => m.key === key)
+      .map((m) => (JSON.parse(m.value ?? '') as { statement: string }).statement);
+  assert.deepEqual(
+    [statementsOf(pairKey('1.50')), statementsOf(pairKey('2'))],
+    [
+      ['INSERT', 'UPDATE', 'DELETE'],
+      ['INSERT', 'DELETE'],
+    ],
+  );
   await waitFor('an empty queue', async () => (await queueDepth()) === 0);
   await r.stop();
 
