@@ -9,6 +9,9 @@
 --   TRIGGER  setup() installs the capture triggers;
 --   UPDATE   setup() locks the table SHARE ROW EXCLUSIVE for the copy, and LOCK TABLE in
 --            that mode needs UPDATE, DELETE or TRUNCATE (MAINTAIN from PostgreSQL 17).
+-- For a partitioned table, grant the same on its partitions too: CREATE TRIGGER recurses
+-- into them (setup, and migrate when it reinstalls the triggers). The rows of a partition
+-- attached later are copied through the partitioned table, which needs no new grant.
 -- teardown() drops the triggers, which only the table's owner may do: run it as the
 -- owner of the table, or make this role the owner.
 --

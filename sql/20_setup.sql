@@ -467,13 +467,18 @@ BEGIN
   END IF;
 
   INSERT INTO pg2kafka.tracked_tables AS t
-    (table_oid, schema_name, table_name, external_id_column, key_columns, full_row, capturing, snapshot_rows, triggers_version)
+    (table_oid, schema_name, table_name, external_id_column, key_columns, full_row, capturing, snapshot_rows, triggers_version,
+     partitions)
   VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, key_names, full_row, true, snapshot_count,
-          pg2kafka.capture_triggers_version())
+          pg2kafka.capture_triggers_version(),
+          -- The partitions whose rows are copied now (or not, with snapshot 'none'): rows that
+          -- a partition attached later brings are copied when the runners notice it.
+          pg2kafka.leaf_partitions(table_name_ref))
   ON CONFLICT (table_oid) DO UPDATE SET
     schema_name = excluded.schema_name, table_name = excluded.table_name,
     external_id_column = excluded.external_id_column, key_columns = excluded.key_columns, full_row = excluded.full_row,
     capturing = true, snapshot_rows = excluded.snapshot_rows, triggers_version = excluded.triggers_version,
+    partitions = excluded.partitions,
     set_up_at = now(), torn_down_at = NULL;
 
   IF online THEN

@@ -186,6 +186,31 @@ test('status and status --json show a pending snapshot: rows done of about how m
   assert.deepEqual(await queued('halfway'), [['SNAPSHOT', 12_000, 12_000]]);
 });
 
+test('a partition attached after setup: status shows its copy pending once noticed, pg2kafka snapshot copies it', async () => {
+  await db.sql`create table visits (id int primary key, v text not null) partition by range (id)`;
+  await db.sql`create table visits_1 partition of visits for values from (1) to (100000)`;
+  await db.sql`insert into visits select g, 'a' from generate_series(1, 10) g`;
+  assert.equal((await run(['setup', 'visits'])).code, 0);
+  await db.sql`create table visits_2 (id int primary key, v text not null)`;
+  await db.sql`insert into visits_2 select g, 'b' from generate_series(100000, 106999) g`;
+  await db.sql`alter table visits attach partition visits_2 for values from (100000) to (200000)`;
+  // As the active relay's runner does every few seconds.
+  await db.sql`select pg2kafka.snapshot_attached_partitions()`;
+  assert.match(
+    (await run(['status'])).stdout,
+    /^ {2}public\.visits \(partition visits_2, attached since setup\): 0 (of about \d+ )?rows/m,
+  );
+  const copy = await run(['snapshot']);
+  assert.equal(copy.code, 0, copy.stderr);
+  assert.match(
+    copy.stderr,
+    /^copying the rows of partition visits_2, attached since setup, of public\.visits online/m,
+  );
+  assert.match(copy.stderr, done('public\\.visits', 7_000));
+  assert.deepEqual(await queued('visits'), [['SNAPSHOT', 7_010, 7_010]]);
+  assert.equal((await run(['snapshot'])).stdout, 'no snapshot is pending\n');
+});
+
 test('snapshot --cancel stops a snapshot where it is; the events queued stay', async () => {
   await table('cancelled', 12_000);
   assert.equal((await run(['setup', 'cancelled', '--background'])).code, 0);

@@ -18,6 +18,7 @@ import { UsageError } from '../errors.ts';
 import {
   copyChunk,
   pendingSnapshots,
+  queueAttachedPartitions,
   PROGRESS_EVERY_MS,
   snapshotProgress,
   type SnapshotProgress,
@@ -49,7 +50,8 @@ export const resnapshotHelp = `Usage: pg2kafka resnapshot <table> [--where <cond
 
 Queues the rows of <table>, which must be set up, again as SNAPSHOT events, for example
 for a consumer that lost its copy: registers a new online snapshot (a snapshot of it
-still running starts over) and copies it now, chunk by chunk, with the progress on
+still running starts over; with --where, wait for it or cancel it first) and copies it
+now, chunk by chunk, with the progress on
 stderr as pg2kafka snapshot shows it. --where copies only the rows matching a SQL
 condition on the table's columns, such as "id <= 100" or "updated_at > now() - interval
 '1 day'". --background leaves the copy to the active relay.
@@ -122,6 +124,7 @@ async function pending(sql: postgres.Sql, row: SnapshotProgress): Promise<Pendin
     startedAt: row.startedAt,
     updatedAt: row.updatedAt,
     condition: row.condition,
+    partition: row.partition,
   };
 }
 
@@ -131,6 +134,12 @@ export async function pendingSnapshotList(sql: postgres.Sql): Promise<PendingSna
   const list: PendingSnapshot[] = [];
   for (const row of rows) list.push(await pending(sql, row));
   return list;
+}
+
+/** What part of the table a snapshot copies: "", " (rows where …)", " (partition …, attached since setup)". */
+export function describeScope(p: Pick<PendingSnapshot, 'condition' | 'partition'>): string {
+  if (p.partition !== null) return ` (partition ${p.partition}, attached since setup)`;
+  return p.condition === null ? '' : ` (rows where ${p.condition})`;
 }
 
 /** "12 s", "4 min", "2.5 h". */
@@ -289,7 +298,12 @@ export async function copySnapshots(
         return await interrupted(sql, stop.signal, targets.slice(index), err);
       const start = await pending(sql, row);
       const estimate = start.rowsEstimated;
-      const rows = start.condition === null ? 'the existing rows' : 'the rows';
+      const rows =
+        start.partition !== null
+          ? `the rows of partition ${start.partition}, attached since setup,`
+          : start.condition === null
+            ? 'the existing rows'
+            : 'the rows';
       const where = start.condition === null ? '' : ` where ${start.condition}`;
       err(
         start.rowsDone === 0
@@ -508,6 +522,11 @@ export async function snapshotCommand(
       return 0;
     }
 
+    // Rows of partitions attached since setup are pending too, once noticed.
+    await queueAttachedPartitions(sql).catch((error: unknown) => {
+      throw sortError(error);
+    });
+    printWarnings(output, warnings);
     const rows = await pendingSnapshots(sql);
     const wanted = new Set(named.map((t) => t.oid));
     const targets: CopyTarget[] = rows
@@ -532,7 +551,7 @@ export async function snapshotCommand(
       for (const row of rows.filter((r) => targets.some((t) => t.oid === r.tableOid))) {
         const p = await pending(sql, row);
         output.out(
-          `pending: ${p.table}${p.condition === null ? '' : ` (rows where ${p.condition})`}: ${progressFigures(p.rowsDone, p.rowsEstimated, snapshotRate(p))}\n`,
+          `pending: ${p.table}${describeScope(p)}: ${progressFigures(p.rowsDone, p.rowsEstimated, snapshotRate(p))}\n`,
         );
       }
     }

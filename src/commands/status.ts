@@ -3,6 +3,7 @@ import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
 import { checkConnection, openPool } from '../database.ts';
 import {
+  describeScope,
   formatDuration,
   pendingSnapshotList,
   progressFigures,
@@ -179,7 +180,7 @@ export function formatStatus(status: Status): string {
       const rate = s.rowsPerSecond;
       const idle = Math.max(0, (Date.now() - new Date(s.updatedAt).getTime()) / 1000);
       lines.push(
-        `  ${s.table}${s.condition === null ? '' : ` (rows where ${s.condition})`}: ` +
+        `  ${s.table}${describeScope(s)}: ` +
           `${progressFigures(s.rowsDone, s.rowsEstimated, rate)}; ` +
           `started ${isoSeconds(s.startedAt)}, last chunk ${new Date(s.updatedAt).getTime() === new Date(s.startedAt).getTime() ? 'none yet' : `${formatDuration(idle)} ago`}`,
       );

@@ -10,6 +10,9 @@
  * hundred ms of shipping), and the snapshot goes as fast as the relay ships. The
  * command line (`pg2kafka snapshot`) copies without that brake.
  *
+ * Rows a partition brings when it is attached to a captured table after setup are copied
+ * the same way: the runner looks for such partitions whenever it looks for snapshots.
+ *
  * Only the active relay copies (standbys would only take turns on the progress row);
  * a relay that dies mid-snapshot leaves the progress of its last committed chunk, and
  * the next active relay resumes there. A progress line at info every PROGRESS_EVERY_MS.
@@ -47,6 +50,8 @@ export interface SnapshotProgress {
   updatedAt: Date;
   /** Only rows matching it are copied (resnapshot's condition); null: all. */
   condition: string | null;
+  /** The partition walked now, one attached after setup (as regclass prints it); null: the table. */
+  partition: string | null;
   finished: boolean;
   /** 'done' or 'cancelled' once finished; null while pending. */
   outcome: string | null;
@@ -62,6 +67,7 @@ interface ProgressRow {
   started: Date;
   updated: Date;
   condition: string | null;
+  partition: string | null;
   finished: boolean;
   outcome: string | null;
 }
@@ -79,6 +85,7 @@ export async function snapshotProgress(
            coalesce(format('%I.%I', n.nspname, c.relname), p.table_oid::text) as qualified,
            p.rows_done::text as done, p.rows_estimated::text as estimated,
            p.started_at as started, p.updated_at as updated, p.condition,
+           p.source_oid::regclass::text as partition,
            p.finished_at is not null as finished, p.outcome
     from pg2kafka.snapshots p
     left join pg_class c on c.oid = p.table_oid
@@ -94,6 +101,7 @@ export async function snapshotProgress(
     startedAt: r.started,
     updatedAt: r.updated,
     condition: r.condition,
+    partition: r.partition,
     finished: r.finished,
     outcome: r.outcome,
   }));
@@ -104,6 +112,19 @@ export function pendingSnapshots(
   sql: postgres.Sql | postgres.TransactionSql,
 ): Promise<SnapshotProgress[]> {
   return snapshotProgress(sql);
+}
+
+/**
+ * Queues the rows of partitions attached to captured tables since setup, to be copied as
+ * snapshots (sql/25_snapshots.sql); returns how many partitions. The runners call it
+ * before they look for pending snapshots.
+ */
+export async function queueAttachedPartitions(
+  sql: postgres.Sql | postgres.TransactionSql,
+): Promise<number> {
+  const [row] = await sql<{ queued: number }[]>`
+    select pg2kafka.snapshot_attached_partitions() as queued`;
+  return row?.queued ?? 0;
 }
 
 /** One chunk of `tableOid`'s snapshot, in a transaction of its own. */
@@ -207,6 +228,13 @@ export class SnapshotRunner {
 
   /** Copies pending snapshots while active; false when there was none. */
   private async copyPending(): Promise<boolean> {
+    const attached = await queueAttachedPartitions(this.sql);
+    if (attached > 0) {
+      this.logger.info(
+        { partitions: attached },
+        `queued the rows of ${attached} partition(s) attached since setup, to be copied online`,
+      );
+    }
     // Oldest first, but not the one that just failed while others wait: one table whose
     // chunks keep failing (a policy, a bad condition) must not stop the rest.
     const pending = await pendingSnapshots(this.sql);
@@ -220,7 +248,7 @@ export class SnapshotRunner {
         rowsEstimated: next.rowsEstimated ?? undefined,
       },
       next.rowsDone === 0
-        ? `copying the existing rows of ${next.table} online${next.rowsEstimated ? ` (about ${next.rowsEstimated})` : ''}`
+        ? `copying the ${next.partition === null ? 'existing rows' : `rows of partition ${next.partition}, attached since setup,`} of ${next.table} online${next.rowsEstimated ? ` (about ${next.rowsEstimated})` : ''}`
         : `resuming the snapshot of ${next.table} after ${next.rowsDone} rows`,
     );
     let progressAt = Date.now();

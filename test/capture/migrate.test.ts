@@ -31,6 +31,7 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0004_queue_floor',
       '0005_snapshots',
       '0006_key_columns',
+      '0007_partition_snapshots',
     ],
     functionsUpdated: true,
     triggersRefreshed: [],
@@ -80,9 +81,10 @@ test('two migrations at once both succeed and install once', async () => {
     '0004_queue_floor',
     '0005_snapshots',
     '0006_key_columns',
+    '0007_partition_snapshots',
   ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 6);
+  assert.equal(count?.n, 7);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

@@ -220,6 +220,27 @@ test('the external id of a key of several columns is the JSON array of the value
   assert.match(insert?.data_text ?? '', /"n": 1.50/);
 });
 
+test('resnapshot with a condition while a snapshot runs is refused: the rest of that copy would never be made', async () => {
+  await createTable('midway_t', 12_000);
+  await db.sql`select pg2kafka.setup('midway_t', 'k')`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('midway_t')`;
+  await assert.rejects(db.sql`select pg2kafka.resnapshot('midway_t', 'k <= 10')`, {
+    code: '55006',
+    message:
+      'a snapshot of public.midway_t is running (5000 row(s) copied): a snapshot of some rows cannot replace it',
+  });
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const events = await queuedEvents(db.sql, 'midway_t');
+  assert.equal(new Set(events.map((e) => e.external_id)).size, 12_000, 'every row copied');
+  assert.equal(events.length, 12_000, 'each once');
+  // Without a condition it starts over: every row again.
+  await db.sql`select pg2kafka.resnapshot('midway_t')`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('midway_t')`;
+  await db.sql`select pg2kafka.resnapshot('midway_t')`;
+  await db.sql`call pg2kafka.run_snapshots()`;
+  assert.equal((await queuedEvents(db.sql, 'midway_t')).length, 12_000 + 5_000 + 12_000);
+});
+
 test('CALL pg2kafka.run_snapshots() copies every pending snapshot, a chunk per transaction', async () => {
   await createTable('called_t', 12_000);
   await db.sql`select pg2kafka.setup('called_t', 'k')`;

@@ -47,22 +47,36 @@ interface Shape {
   where: string;
   /** Inserts the row of k = $1 at v = 1. */
   insert: string;
-  /** The external id of k. */
-  keyOf: (k: number) => string;
+  /** The external id of a row (g, when the row is not read from the table, from k). */
+  keyOf: (row: { k: number; g?: number }) => string;
 }
 const BY_K: Shape = {
   columns: 'k int primary key, v int not null',
   row: 'g, 1',
   where: 'k = $1',
   insert: '(k, v) values ($1, 1)',
-  keyOf: (k) => String(k),
+  keyOf: ({ k }) => String(k),
 };
 const BY_G_K: Shape = {
   columns: 'k int not null, g int not null, v int not null, primary key (g, k)',
   row: 'g, g % 7, 1',
   where: 'g = $1::int % 7 and k = $1',
   insert: '(k, g, v) values ($1, $1::int % 7, 1)',
-  keyOf: (k) => `[${k % 7},${k}]`,
+  keyOf: ({ k, g = k % 7 }) => `[${g},${k}]`,
+};
+/** Partitioned by list (g), keyed (k, g); the rows set up have g = 0, writers change those. */
+const BY_K_IN_G0: Shape = {
+  columns: 'k int not null, g int not null, v int not null, primary key (k, g)',
+  row: 'g, 0, 1',
+  where: 'k = $1 and g = 0',
+  insert: '(k, g, v) values ($1, 0, 1)',
+  keyOf: ({ k, g = 0 }) => `[${k},${g}]`,
+};
+/** The rows of the partition g = 1 (attached later: odd k only). */
+const BY_K_IN_G1: Shape = {
+  ...BY_K_IN_G0,
+  where: 'k = $1 and g = 1',
+  insert: '(k, g, v) values ($1, 1, 1)',
 };
 
 interface WriterTotals {
@@ -143,21 +157,30 @@ async function arrived(
 }
 
 /** Every original key exactly once as a SNAPSHOT, new keys at most once, the table replayed. */
-async function assertSnapshotHistory(table: string, events: readonly ArrivedEvent[], shape = BY_K) {
+async function assertSnapshotHistory(
+  table: string,
+  events: readonly ArrivedEvent[],
+  shape = BY_K,
+  originals: ReadonlyArray<{ k: number; g?: number }> = Array.from({ length: ROWS }, (_, i) => ({
+    k: i + 1,
+  })),
+) {
   const { violations, snapshots, state } = snapshotViolations(events);
   assert.deepEqual(violations.slice(0, 10), [], `${violations.length} oracle violations`);
-  const missing: number[] = [];
+  const missing: string[] = [];
   const twice: string[] = [];
-  for (let k = 1; k <= ROWS; k += 1) {
-    const n = snapshots.get(shape.keyOf(k)) ?? 0;
-    if (n === 0) missing.push(k);
+  for (const row of originals) {
+    const key = shape.keyOf(row);
+    if (!snapshots.has(key)) missing.push(key);
   }
   for (const [key, n] of snapshots) if (n > 1) twice.push(key);
   assert.deepEqual(missing.slice(0, 10), [], `${missing.length} rows never arrived as a SNAPSHOT`);
   assert.deepEqual(twice.slice(0, 10), [], `${twice.length} rows arrived as two SNAPSHOTs`);
-  const rows = await db.sql.unsafe<{ k: number; v: number }[]>(`select k, v from ${table}`);
+  const rows = await db.sql.unsafe<{ k: number; g?: number; v: number }[]>(
+    `select * from ${table}`,
+  );
   assert.equal(state.size, rows.length, 'keys on the topic = rows in the table');
-  const differing = rows.filter((r) => state.get(shape.keyOf(r.k)) !== r.v).slice(0, 10);
+  const differing = rows.filter((r) => state.get(shape.keyOf(r)) !== r.v).slice(0, 10);
   assert.deepEqual(differing, [], 'replaying the topic gives the table');
 }
 
@@ -269,6 +292,72 @@ test(
     const { unique } = await arrived(collector, ROWS + totals.updates + totals.inserts);
     await assertSnapshotHistory(table, unique);
     assert.equal((await last.stop()).code, 0);
+  },
+);
+
+test(
+  'a partition attached mid-snapshot under writers: its rows arrive once each, the oracle holds, the table replayed',
+  { timeout: TEST_MS },
+  async (t) => {
+    const table = 'parted_t';
+    await db.sql.unsafe(`create table ${table} (${BY_K_IN_G0.columns}) partition by list (g)`);
+    await db.sql.unsafe(`create table ${table}_0 partition of ${table} for values in (0)`);
+    await db.sql.unsafe(
+      `insert into ${table} select ${BY_K_IN_G0.row} from generate_series(1, ${ROWS}) g`,
+    );
+    await db.sql.unsafe(`analyze ${table}`);
+    const r = relay();
+    await r.waitForLog('active: shipping events');
+    await db.sql.unsafe(`select pg2kafka.setup('${table}')`);
+    const writerPool = db.connect({ max: 10 });
+    const writers = startWriters(writerPool, table, 6, BY_K_IN_G0);
+    const collector = await collectTopic(`pg2kafka.${db.name}.${table}`);
+    await waitFor(
+      'the snapshot a third of the way',
+      async () => ((await snapshotState(table))?.rowsDone ?? 0) >= ROWS / 3,
+      WAIT_MS,
+      20,
+    );
+    // A partition with rows of its own, keyed between the rows already walked and those not.
+    await db.sql.unsafe(`create table ${table}_1 (${BY_K_IN_G0.columns})`);
+    await db.sql.unsafe(
+      `insert into ${table}_1 select g, 1, 1 from generate_series(1, ${ROWS}, 2) g`,
+    );
+    await db.sql.unsafe(`alter table ${table} attach partition ${table}_1 for values in (1)`);
+    const attachedAt = await snapshotState(table);
+    const partitionWriters = startWriters(writerPool, table, 4, BY_K_IN_G1);
+    await waitFor(
+      'the relay noticed the partition and copied it',
+      async () => {
+        const [row] = await db.sql<{ copied: boolean }[]>`
+          select t.partitions @> array[${`${table}_1`}::regclass::oid] and p.outcome = 'done' as copied
+          from pg2kafka.tracked_tables t join pg2kafka.snapshots p using (table_oid)
+          where t.table_oid = ${table}::regclass`;
+        return row?.copied ?? false;
+      },
+      WAIT_MS,
+      100,
+    );
+    await sleep(300);
+    const totals = [await writers.stop(), await partitionWriters.stop()];
+    await writerPool.end();
+    const writes = totals.reduce((n, w) => n + w.updates + w.inserts, 0);
+    t.diagnostic(
+      `attached at ${JSON.stringify(attachedAt)}; writers: ${JSON.stringify(totals)}; ${JSON.stringify(await snapshotState(table))}`,
+    );
+    assert.equal(attachedAt?.outcome, null, 'attached while the snapshot ran');
+    assert.ok(
+      totals.every((w) => w.updates > 100),
+      `writers kept writing both partitions (${totals.map((w) => w.updates).join(', ')} updates)`,
+    );
+    await waitFor('an empty queue', async () => (await queueDepth()) === 0, WAIT_MS, 200);
+    const partitionRows = Math.ceil(ROWS / 2);
+    const { unique } = await arrived(collector, ROWS + partitionRows + writes);
+    await assertSnapshotHistory(table, unique, BY_K_IN_G0, [
+      ...Array.from({ length: ROWS }, (_, i) => ({ k: i + 1, g: 0 })),
+      ...Array.from({ length: partitionRows }, (_, i) => ({ k: 2 * i + 1, g: 1 })),
+    ]);
+    assert.equal((await r.stop()).code, 0);
   },
 );
 
