@@ -11,7 +11,9 @@
 --            that mode needs UPDATE, DELETE or TRUNCATE (MAINTAIN from PostgreSQL 17).
 -- For a partitioned table, grant the same on its partitions too: CREATE TRIGGER recurses
 -- into them (setup, and migrate when it reinstalls the triggers). The rows of a partition
--- attached later are copied through the partitioned table, which needs no new grant.
+-- attached later are copied through the partitioned table, which needs no new grant; the
+-- role that creates or attaches it needs EXECUTE on pg2kafka.capture_insert(),
+-- capture_update() and capture_delete() (README: "Partitions attached later").
 -- teardown() drops the triggers, which only the table's owner may do: run it as the
 -- owner of the table, or make this role the owner.
 --

@@ -227,8 +227,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM pg2kafka.lock_table(tbl, 'SHARE ROW EXCLUSIVE');
+  -- New triggers on the partitions too: the rows of one attached since the last look are
+  -- queued first, while its trigger still tells it apart.
+  PERFORM pg2kafka.queue_attached_partitions(tbl);
   PERFORM pg2kafka.install_capture_triggers(tbl);
-  UPDATE pg2kafka.tracked_tables t SET triggers_version = pg2kafka.capture_triggers_version()
+  UPDATE pg2kafka.tracked_tables t
+  SET triggers_version = pg2kafka.capture_triggers_version(), partition_triggers = pg2kafka.partition_triggers(tbl)
   WHERE t.table_oid = tbl;
 END
 $$;
@@ -468,17 +472,17 @@ BEGIN
 
   INSERT INTO pg2kafka.tracked_tables AS t
     (table_oid, schema_name, table_name, external_id_column, key_columns, full_row, capturing, snapshot_rows, triggers_version,
-     partitions)
+     partition_triggers)
   VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, key_names, full_row, true, snapshot_count,
           pg2kafka.capture_triggers_version(),
           -- The partitions whose rows are copied now (or not, with snapshot 'none'): rows that
           -- a partition attached later brings are copied when the runners notice it.
-          pg2kafka.leaf_partitions(table_name_ref))
+          pg2kafka.partition_triggers(table_name_ref))
   ON CONFLICT (table_oid) DO UPDATE SET
     schema_name = excluded.schema_name, table_name = excluded.table_name,
     external_id_column = excluded.external_id_column, key_columns = excluded.key_columns, full_row = excluded.full_row,
     capturing = true, snapshot_rows = excluded.snapshot_rows, triggers_version = excluded.triggers_version,
-    partitions = excluded.partitions,
+    partition_triggers = excluded.partition_triggers,
     set_up_at = now(), torn_down_at = NULL;
 
   IF online THEN

@@ -22,9 +22,9 @@
 -- take turns chunk by chunk.
 --
 -- A partition attached after setup brings rows no trigger saw. Its copy is one more walk
--- of the table's snapshot, over that partition's keys (queue_attached_partitions says
--- which keys, and why no row is copied twice); the walks of a snapshot run one after the
--- other, and it is done when the last one is.
+-- of the table's snapshot, over that partition alone (queue_attached_partitions says why
+-- no row is copied twice); the walks of a snapshot run one after the other, and it is
+-- done when the last one is.
 
 -- The number of rows a chunk copies unless asked otherwise, and the most setup() copies
 -- in its own transaction (under the lock it takes to install the triggers): a table that
@@ -46,11 +46,26 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.leaf_partitions(regclass) FROM PUBLIC;
 
+-- The capture triggers (_pg2kafka_insert) of the leaf partitions of `tbl`, in oid order:
+-- ATTACH PARTITION clones them, so a partition attached since, or detached and attached
+-- again, has one that tracked_tables.partition_triggers does not list. NULL when `tbl`
+-- is not partitioned.
+CREATE OR REPLACE FUNCTION pg2kafka.partition_triggers(tbl regclass)
+RETURNS oid[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN leaves IS NOT NULL THEN
+    ARRAY(SELECT tg.oid FROM pg_trigger tg
+          WHERE tg.tgname = '_pg2kafka_insert' AND tg.tgrelid = ANY (leaves) ORDER BY tg.oid) END
+  FROM (SELECT pg2kafka.leaf_partitions(tbl) AS leaves) l
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.partition_triggers(regclass) FROM PUBLIC;
+
 -- The key columns of `tbl` as a row in SQL, for the walks' dynamic queries: of the row
 -- `t` ("t.a, t.b"; as text, "t.a::text, t.b::text"), or of the text array parameter
 -- `param`, cast back to the columns' types ("$1[1]::integer, $1[2]::text"). NULL when
 -- one of the columns is gone.
-DROP FUNCTION IF EXISTS pg2kafka.key_row(regclass, text[], text);
 CREATE OR REPLACE FUNCTION pg2kafka.key_row(tbl regclass, key_columns text[], param text DEFAULT NULL,
                                             as_text boolean DEFAULT false)
 RETURNS text
@@ -68,19 +83,28 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.key_row(regclass, text[], text, boolean) FROM PUBLIC;
 
--- The rows of `tbl` a walk over `source` reads, as a condition on `tbl t`: all of them
--- for `tbl` itself; for one of its partitions, that partition's rows, read through `tbl`
--- (privileges are those on `tbl`, which a partition attached later may not have granted)
--- with the partition's bounds as well, so that the planner scans that partition alone.
-CREATE OR REPLACE FUNCTION pg2kafka.walk_scope(tbl regclass, source regclass)
+-- The rows of `tbl` a walk reads, as a condition on `tbl t`. The walk of the whole table:
+-- every row, or for a partitioned table those of `partitions`, the leaves it had when the
+-- walk started. The walk of a partition attached since (`source`): that partition's rows,
+-- read through `tbl` (privileges are those on `tbl`, which a partition attached later
+-- may not have granted), and within the partition's bounds as well, so that the planner
+-- scans that partition alone. Not for a partition key with expressions: the bounds would
+-- evaluate them as the owner of pg2kafka (SECURITY DEFINER), so tableoid alone.
+CREATE OR REPLACE FUNCTION pg2kafka.walk_scope(tbl regclass, source regclass, partitions oid[])
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT CASE WHEN source = tbl THEN 'true'
-    ELSE format('t.tableoid = %s AND %s', source::oid, coalesce(pg_get_partition_constraintdef(source), 'true')) END
+  SELECT CASE
+    WHEN source IS NULL AND partitions IS NULL THEN 'true'
+    WHEN source IS NULL THEN format('t.tableoid = ANY (%L::oid[])', partitions)
+    WHEN EXISTS (SELECT 1 FROM pg_partition_ancestors(source) a JOIN pg_partitioned_table pt ON pt.partrelid = a.relid
+                 WHERE pt.partexprs IS NOT NULL)
+      THEN format('t.tableoid = %s', source::oid)
+    ELSE format('t.tableoid = %s AND %s', source::oid, coalesce(pg_get_partition_constraintdef(source), 'true'))
+  END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.walk_scope(regclass, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.walk_scope(regclass, regclass, oid[]) FROM PUBLIC;
 
 -- Registers the online snapshot of `tbl`, walking `key_columns` (together, in row order),
 -- from its first key, over the whole table or only over its partition `source`; a
@@ -88,23 +112,23 @@ REVOKE ALL ON FUNCTION pg2kafka.walk_scope(regclass, regclass) FROM PUBLIC;
 -- queue_attached_partitions(). A snapshot of every row of the table covers every
 -- partition it has now.
 DROP FUNCTION IF EXISTS pg2kafka.register_snapshot(regclass, text, text);
-DROP FUNCTION IF EXISTS pg2kafka.register_snapshot(regclass, text[], text);
 CREATE OR REPLACE FUNCTION pg2kafka.register_snapshot(tbl regclass, key_columns text[], condition text,
                                                       source regclass DEFAULT NULL)
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_columns, condition, rows_estimated, source_oid)
+  INSERT INTO pg2kafka.snapshots AS p (table_oid, key_columns, condition, rows_estimated, source_oid, walk_partitions)
   -- pg_class.reltuples: an estimate, -1 (or 0) before the first ANALYZE.
-  SELECT tbl, key_columns, condition, CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END, source
+  SELECT tbl, key_columns, condition, CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END, source,
+         CASE WHEN source IS NULL THEN pg2kafka.leaf_partitions(tbl) END
   FROM pg_class c WHERE c.oid = coalesce(source, tbl)
   ON CONFLICT (table_oid) DO UPDATE SET
     key_columns = excluded.key_columns, condition = excluded.condition, after_keys = NULL,
-    source_oid = excluded.source_oid, until_keys = NULL, queued_walks = '[]',
+    source_oid = excluded.source_oid, walk_partitions = excluded.walk_partitions, queued_partitions = '{}',
     rows_done = 0, chunks_done = 0, rows_estimated = excluded.rows_estimated,
     started_at = now(), updated_at = now(), finished_at = NULL, outcome = NULL;
-  UPDATE pg2kafka.tracked_tables t SET partitions = pg2kafka.leaf_partitions(tbl)
+  UPDATE pg2kafka.tracked_tables t SET partition_triggers = pg2kafka.partition_triggers(tbl)
   WHERE t.table_oid = tbl AND condition IS NULL AND source IS NULL;
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.register_snapshot(regclass, text[], text, regclass) FROM PUBLIC;
@@ -118,44 +142,33 @@ AS $$
   WITH ended AS (
     UPDATE pg2kafka.snapshots p
     SET finished_at = clock_timestamp(), updated_at = clock_timestamp(), outcome = 'cancelled',
-        queued_walks = '[]'
+        queued_partitions = '{}'
     WHERE p.table_oid = tbl AND p.finished_at IS NULL
     RETURNING 1)
   SELECT count(*) > 0 FROM ended
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.end_snapshot(regclass) FROM PUBLIC;
 
--- Takes SHARE UPDATE EXCLUSIVE on the partitioned table `tbl` itself (ONLY: not on its
--- partitions, where it would cancel autovacuum), which ATTACH and DETACH PARTITION take
--- too: while it is held the set of partitions cannot change. Writers are not blocked.
--- False when it cannot be had within 1 s (an ATTACH waiting for its partition, say).
-CREATE OR REPLACE FUNCTION pg2kafka.lock_partitions(tbl regclass)
-RETURNS boolean
-LANGUAGE plpgsql
+-- Whoever changes which partitions of `tbl` a snapshot walks (queue_attached_partitions,
+-- resnapshot, migrate's trigger refresh) takes this first, so they take turns.
+CREATE OR REPLACE FUNCTION pg2kafka.lock_snapshot_walks(tbl regclass)
+RETURNS void
+LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '1s'
 AS $$
-BEGIN
-  EXECUTE format('LOCK TABLE ONLY %s IN SHARE UPDATE EXCLUSIVE MODE', tbl);
-  RETURN true;
-EXCEPTION WHEN lock_not_available THEN
-  RETURN false;
-END
+  SELECT pg_advisory_xact_lock(hashtext('pg2kafka.snapshot_walks'), tbl::oid::int4)
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.lock_partitions(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.lock_snapshot_walks(regclass) FROM PUBLIC;
 
--- Partitions attached to the captured, partitioned `tbl` since setup (leaves not in
--- tracked_tables.partitions): ATTACH gave them the capture triggers, but the rows they
--- brought were never inserted through them. Queues a walk over each one that has rows,
--- and returns how many. The caller holds lock_partitions(tbl), so no chunk of `tbl` is in
--- flight and the set of partitions is fixed:
---   - no snapshot running: one starts, walking the partition;
---   - the walk over the whole table is running, past after_keys: from its next chunk on it
---     reads the new partition too, so only the keys up to after_keys are left to copy (a
---     walk of the partition until_keys = after_keys); none when it has copied nothing yet;
---   - another walk running (a partition's, or the table's with a condition): the whole
---     partition, after it.
--- An empty partition needs no copy: every row it gets from now on has its INSERT event.
+-- Partitions attached to the captured, partitioned `tbl` since their rows were last
+-- copied or queued (their capture trigger is not in tracked_tables.partition_triggers):
+-- ATTACH gave them the capture triggers, but the rows they brought were never inserted
+-- through them. Queues a walk over each one that has rows; returns how many. Each walk
+-- copies the whole partition, and no other walk reads it: the walk of the whole table
+-- reads only the partitions the table had when it started (walk_partitions), and one
+-- attached again drops out of it and of the queue first. A walk in progress over a
+-- partition attached again starts over. An empty partition needs no copy: every row it
+-- gets from now on has its INSERT event. Chunks take turns with this on the progress row.
 CREATE OR REPLACE FUNCTION pg2kafka.queue_attached_partitions(tbl regclass)
 RETURNS int
 LANGUAGE plpgsql
@@ -165,67 +178,67 @@ AS $$
 #variable_conflict use_variable
 DECLARE
   registered pg2kafka.tracked_tables;
-  leaves oid[];
+  current_triggers oid[];
   part oid;
   has_rows boolean;
-  estimate bigint;
-  walk jsonb;
   s pg2kafka.snapshots;
   running boolean;
-  whole_walk_at text[];
   queued int := 0;
 BEGIN
+  PERFORM pg2kafka.lock_snapshot_walks(tbl);
   SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing;
   IF NOT FOUND THEN
     RETURN 0;
   END IF;
-  leaves := pg2kafka.leaf_partitions(tbl);
-  IF leaves IS NULL OR leaves = registered.partitions THEN
+  current_triggers := pg2kafka.partition_triggers(tbl);
+  IF current_triggers IS NULL OR current_triggers = registered.partition_triggers THEN
     RETURN 0;
   END IF;
   SELECT * INTO s FROM pg2kafka.snapshots p WHERE p.table_oid = tbl FOR UPDATE;
   running := FOUND AND s.finished_at IS NULL;
-  -- Where the walk of every row of the whole table is, if that is what runs.
-  whole_walk_at := CASE WHEN running AND s.source_oid IS NULL AND s.condition IS NULL THEN s.after_keys END;
-  -- NULL: not known which rows were copied (cannot happen since migration 0007): no guess.
-  FOR part IN SELECT l FROM unnest(leaves) l WHERE registered.partitions IS NOT NULL AND l <> ALL (registered.partitions) ORDER BY l LOOP
+  -- NULL: not known what was copied (a table set up before migration 0007 recorded it is
+  -- backfilled by it, so this does not happen): no guess, the list starts from now.
+  FOR part IN
+    SELECT tg.tgrelid FROM pg_trigger tg
+    WHERE registered.partition_triggers IS NOT NULL
+      AND tg.oid = ANY (current_triggers) AND tg.oid <> ALL (registered.partition_triggers)
+    ORDER BY tg.tgrelid
+  LOOP
+    IF running THEN
+      -- What the walks knew of it is from before it was attached again.
+      UPDATE pg2kafka.snapshots p
+      SET walk_partitions = array_remove(p.walk_partitions, part),
+          queued_partitions = array_remove(p.queued_partitions, part),
+          after_keys = CASE WHEN p.source_oid = part THEN NULL ELSE p.after_keys END
+      WHERE p.table_oid = tbl
+      RETURNING * INTO s;
+      IF s.source_oid = part THEN
+        queued := queued + 1;
+        CONTINUE;
+      END IF;
+    END IF;
     BEGIN
-      -- Rows the running walk of the whole table has not passed yet are left to it.
-      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE %s AND %s)', tbl, pg2kafka.walk_scope(tbl, part::regclass),
-                     CASE WHEN whole_walk_at IS NULL THEN 'true'
-                          ELSE format('(%s) <= (%s)', pg2kafka.key_row(tbl, registered.key_columns),
-                                      pg2kafka.key_row(tbl, registered.key_columns, '$1')) END)
-        INTO has_rows USING whole_walk_at;
+      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE %s)', tbl, pg2kafka.walk_scope(tbl, part::regclass, NULL))
+        INTO has_rows;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);
     END;
     CONTINUE WHEN NOT has_rows;
-    SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint END INTO estimate FROM pg_class c WHERE c.oid = part;
-    IF NOT running THEN
-      PERFORM pg2kafka.register_snapshot(tbl, registered.key_columns, NULL, part::regclass);
-      SELECT * INTO s FROM pg2kafka.snapshots p WHERE p.table_oid = tbl;
-      running := true;
-    ELSE
-      IF s.source_oid IS NULL AND s.condition IS NULL THEN
-        CONTINUE WHEN s.after_keys IS NULL;
-        walk := jsonb_build_object('source', part::bigint, 'until', to_jsonb(s.after_keys));
-      ELSE
-        walk := jsonb_build_object('source', part::bigint, 'until', NULL);
-      END IF;
+    IF running THEN
       UPDATE pg2kafka.snapshots p
-      SET queued_walks = p.queued_walks || jsonb_build_array(walk),
-          rows_estimated = nullif(coalesce(p.rows_estimated, 0) + coalesce(estimate, 0), 0),
+      SET queued_partitions = p.queued_partitions || part,
+          rows_estimated = nullif(coalesce(p.rows_estimated, 0)
+                                  + coalesce((SELECT c.reltuples::bigint FROM pg_class c WHERE c.oid = part AND c.reltuples > 0), 0), 0),
           updated_at = clock_timestamp()
-      WHERE p.table_oid = tbl
-      RETURNING * INTO s;
+      WHERE p.table_oid = tbl;
+    ELSE
+      PERFORM pg2kafka.register_snapshot(tbl, registered.key_columns, NULL, part::regclass);
+      running := true;
     END IF;
     queued := queued + 1;
   END LOOP;
-  -- Detached partitions leave the list too: attached again, their rows are copied again.
-  UPDATE pg2kafka.tracked_tables t SET partitions = leaves WHERE t.table_oid = tbl;
+  UPDATE pg2kafka.tracked_tables t SET partition_triggers = current_triggers WHERE t.table_oid = tbl;
   IF queued > 0 THEN
-    -- An idle relay sleeps until notified (sql/15_wake.sql); its snapshot runner looks
-    -- every few seconds anyway.
     RAISE NOTICE 'pg2kafka: % partition(s) attached to % since setup: their rows are queued to be copied online', queued, tbl;
   END IF;
   RETURN queued;
@@ -235,8 +248,6 @@ REVOKE ALL ON FUNCTION pg2kafka.queue_attached_partitions(regclass) FROM PUBLIC;
 
 -- For the snapshot runners (the relay, pg2kafka snapshot, run_snapshots): queues the rows
 -- of partitions attached to any captured table since setup. Returns how many partitions.
--- A table whose partitions cannot be locked now (an ATTACH in progress) waits for the
--- next call.
 CREATE OR REPLACE FUNCTION pg2kafka.snapshot_attached_partitions()
 RETURNS int
 LANGUAGE plpgsql SECURITY DEFINER
@@ -248,13 +259,12 @@ DECLARE
 BEGIN
   FOR tbl IN
     SELECT t.table_oid FROM pg2kafka.tracked_tables t
-    WHERE t.capturing AND t.partitions IS NOT NULL
-      AND pg2kafka.leaf_partitions(t.table_oid) IS DISTINCT FROM t.partitions
+    JOIN pg_class c ON c.oid = t.table_oid
+    WHERE t.capturing AND t.partition_triggers IS NOT NULL
+      AND pg2kafka.partition_triggers(t.table_oid) IS DISTINCT FROM t.partition_triggers
     ORDER BY t.table_oid
   LOOP
-    IF pg2kafka.lock_partitions(tbl) THEN
-      queued := queued + pg2kafka.queue_attached_partitions(tbl);
-    END IF;
+    queued := queued + pg2kafka.queue_attached_partitions(tbl);
   END LOOP;
   RETURN queued;
 END
@@ -281,15 +291,15 @@ AS $$
 DECLARE
   s pg2kafka.snapshots;
   capturing boolean;
-  source regclass;
   -- The key columns as SQL (key_row): t.a, t.b / $1[1]::integer, $1[2]::text
   key_list text;
   key_after text;
   key_upto text;
   missing text;
+  one_chunk boolean;
+  scope text;
   bound text[];
-  upto text[];
-  next_walk jsonb;
+  next_partition oid;
   walk_ended boolean;
   copied bigint := 0;
 BEGIN
@@ -297,19 +307,17 @@ BEGIN
     RAISE EXCEPTION 'pg2kafka.snapshot_chunk(table [, chunk_rows]) needs a table and a positive number of rows'
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  capturing := EXISTS (SELECT 1 FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing);
-  -- The table lock before the progress row's, in the order teardown takes them. For a
-  -- partitioned table, one that keeps its partitions as they are for the chunk; then
-  -- partitions attached since setup are queued first.
-  IF capturing AND pg2kafka.leaf_partitions(tbl) IS NOT NULL THEN
-    IF NOT pg2kafka.lock_partitions(tbl) THEN
-      RETURN QUERY SELECT 0::bigint, false;
-      RETURN;
+  IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = tbl) THEN
+    IF pg2kafka.end_snapshot(tbl) THEN
+      RAISE WARNING 'pg2kafka: the snapshot of table % stopped: the table was dropped', tbl::oid;
     END IF;
-    PERFORM pg2kafka.queue_attached_partitions(tbl);
-  ELSE
-    EXECUTE format('LOCK TABLE ONLY %s IN ACCESS SHARE MODE', tbl);
+    RETURN QUERY SELECT 0::bigint, true;
+    RETURN;
   END IF;
+  -- The table's lock before the progress row's, in the order teardown takes them; what
+  -- the registry says is read after it (a setup or teardown that held the table is over).
+  EXECUTE format('LOCK TABLE ONLY %s IN ACCESS SHARE MODE', tbl);
+  capturing := EXISTS (SELECT 1 FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl AND t.capturing);
   SELECT * INTO s FROM pg2kafka.snapshots p WHERE p.table_oid = tbl AND p.finished_at IS NULL FOR UPDATE;
   IF NOT FOUND THEN
     RETURN QUERY SELECT 0::bigint, true;
@@ -335,22 +343,25 @@ BEGIN
     RETURN;
   END IF;
 
-  -- What this walk reads: the table, or a partition attached since setup (and still one:
-  -- a partition detached meanwhile is no longer the table's, and its walk ends here).
-  source := coalesce(s.source_oid, tbl::oid)::regclass;
-  walk_ended := source <> tbl AND NOT source::oid = ANY (pg2kafka.leaf_partitions(tbl));
+  -- A walk over a partition detached since is over: its rows are no longer the table's.
+  walk_ended := s.source_oid IS NOT NULL AND NOT s.source_oid = ANY (pg2kafka.leaf_partitions(tbl));
   IF NOT walk_ended THEN
+    scope := pg2kafka.walk_scope(tbl, s.source_oid::regclass, s.walk_partitions);
+    -- A key that is not unique and NOT NULL cannot be walked in chunks (setup copies
+    -- such a table under its lock; a partition attached later gets here): the whole walk
+    -- in this one chunk.
+    one_chunk := cardinality(s.key_columns) = 1 AND pg2kafka.key_column_problem(tbl,
+      (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = s.key_columns[1])) IS NOT NULL;
     -- The bound: the chunk_rows-th key above the last one, read without locks, over all
-    -- rows (a condition filters what is copied, not how the keys are walked), never past
-    -- until_keys. Several key columns compare as a row, (a, b) > (x, y), which the
-    -- primary key's index serves.
-    EXECUTE format(
-      'SELECT ARRAY[%1$s] FROM %2$s t WHERE (%6$s) AND ($1::text[] IS NULL OR (%3$s) > (%4$s)) AND ($2::text[] IS NULL OR (%3$s) <= (%5$s))
-       ORDER BY %3$s OFFSET $3 LIMIT 1',
-      pg2kafka.key_row(tbl, s.key_columns, as_text => true), tbl, key_list, key_after, key_upto,
-      pg2kafka.walk_scope(tbl, source))
-    INTO bound USING s.after_keys, s.until_keys, chunk_rows - 1;
-    upto := coalesce(bound, s.until_keys);
+    -- the walk's rows (a condition filters what is copied, not how the keys are walked).
+    -- Several key columns compare as a row, (a, b) > (x, y), which the primary key's
+    -- index serves.
+    IF NOT one_chunk THEN
+      EXECUTE format(
+        'SELECT ARRAY[%1$s] FROM %2$s t WHERE (%5$s) AND ($1::text[] IS NULL OR (%3$s) > (%4$s)) ORDER BY %3$s OFFSET $2 LIMIT 1',
+        pg2kafka.key_row(tbl, s.key_columns, as_text => true), tbl, key_list, key_after, scope)
+      INTO bound USING s.after_keys, chunk_rows - 1;
+    END IF;
 
     BEGIN
       EXECUTE format(
@@ -360,9 +371,11 @@ BEGIN
            WHERE (%8$s) AND ($1::text[] IS NULL OR (%4$s) > (%5$s)) AND ($2::text[] IS NULL OR (%4$s) <= (%6$s)) AND (%7$s)
            ORDER BY %4$s
            FOR SHARE) r',
-        tbl::oid, 'SNAPSHOT', tbl, key_list, key_after, key_upto, coalesce(s.condition, 'true'),
-        pg2kafka.walk_scope(tbl, source))
-      USING s.after_keys, upto;
+        tbl::oid, 'SNAPSHOT', tbl, key_list, key_after, key_upto,
+        -- The condition is the walk of the whole table's: a partition attached since is
+        -- copied whole.
+        coalesce(CASE WHEN s.source_oid IS NULL THEN s.condition END, 'true'), scope)
+      USING s.after_keys, bound;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);
     END;
@@ -370,30 +383,27 @@ BEGIN
     walk_ended := bound IS NULL;
   END IF;
 
-  -- A walk that ended hands over to the next one queued, if any.
-  next_walk := CASE WHEN walk_ended THEN s.queued_walks -> 0 END;
+  -- A walk that ended hands over to the next partition queued, if any.
+  next_partition := CASE WHEN walk_ended THEN s.queued_partitions[1] END;
   UPDATE pg2kafka.snapshots p
-  SET after_keys = CASE WHEN next_walk IS NOT NULL THEN NULL ELSE coalesce(bound, p.after_keys) END,
-      source_oid = CASE WHEN next_walk IS NOT NULL THEN (next_walk ->> 'source')::oid ELSE p.source_oid END,
-      until_keys = CASE WHEN next_walk IS NULL THEN p.until_keys
-                        WHEN jsonb_typeof(next_walk -> 'until') = 'array'
-                          THEN ARRAY(SELECT u.value FROM jsonb_array_elements_text(next_walk -> 'until') WITH ORDINALITY AS u(value, position) ORDER BY u.position)
-                   END,
-      queued_walks = CASE WHEN next_walk IS NOT NULL THEN p.queued_walks - 0 ELSE p.queued_walks END,
+  SET after_keys = CASE WHEN next_partition IS NOT NULL THEN NULL ELSE coalesce(bound, p.after_keys) END,
+      source_oid = coalesce(next_partition, p.source_oid),
+      walk_partitions = CASE WHEN next_partition IS NOT NULL THEN NULL ELSE p.walk_partitions END,
+      queued_partitions = CASE WHEN next_partition IS NOT NULL THEN p.queued_partitions[2:] ELSE p.queued_partitions END,
       rows_done = p.rows_done + copied,
       chunks_done = p.chunks_done + 1,
       updated_at = clock_timestamp(),
-      finished_at = CASE WHEN walk_ended AND next_walk IS NULL THEN clock_timestamp() END,
-      outcome = CASE WHEN walk_ended AND next_walk IS NULL THEN 'done' END
+      finished_at = CASE WHEN walk_ended AND next_partition IS NULL THEN clock_timestamp() END,
+      outcome = CASE WHEN walk_ended AND next_partition IS NULL THEN 'done' END
   WHERE p.table_oid = tbl;
-  IF walk_ended AND next_walk IS NULL THEN
+  IF walk_ended AND next_partition IS NULL THEN
     UPDATE pg2kafka.tracked_tables t SET snapshot_rows = s.rows_done + copied WHERE t.table_oid = tbl;
   END IF;
   -- An idle relay sleeps until notified (sql/15_wake.sql): wake it, as a writer would.
   IF copied > 0 AND NOT pg_try_advisory_xact_lock_shared(pg2kafka.wake_lock_key()) THEN
     PERFORM pg_notify('pg2kafka_events', '');
   END IF;
-  RETURN QUERY SELECT copied, walk_ended AND next_walk IS NULL;
+  RETURN QUERY SELECT copied, walk_ended AND next_partition IS NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.snapshot_chunk(regclass, int) FROM PUBLIC;
@@ -437,8 +447,10 @@ BEGIN
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'Add a unique index on it, or copy the rows yourself.';
   END IF;
-  SELECT * INTO running FROM pg2kafka.snapshots p WHERE p.table_oid = tbl AND p.finished_at IS NULL FOR UPDATE;
-  IF FOUND AND condition IS NOT NULL THEN
+  -- In turn with the runners that queue the walks of partitions attached since.
+  PERFORM pg2kafka.lock_snapshot_walks(tbl);
+  SELECT * INTO running FROM pg2kafka.snapshots p WHERE p.table_oid = tbl FOR UPDATE;
+  IF FOUND AND running.finished_at IS NULL AND condition IS NOT NULL THEN
     RAISE EXCEPTION 'a snapshot of % is running (% row(s) copied): a snapshot of some rows cannot replace it',
       (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl),
       running.rows_done

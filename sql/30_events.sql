@@ -20,8 +20,9 @@
 -- external_id is the key column's JSON value as text (->>: strings unquoted), printed with
 -- the settings pinned by the triggers: strings and numbers exactly, timestamps as ISO 8601
 -- in UTC. For a key of several columns (a composite primary key) it is the JSON array of
--- their values in the key's column order, with no spaces: each value as jsonb prints it
--- (strings quoted and escaped, numbers as in the row), e.g. ["eu",42] (composite_key()).
+-- their values in the key's column order, joined by "," with no space: each value's JSON
+-- text exactly as the row's JSON has it (the triggers' to_json), e.g. ["eu",42]
+-- (composite_key()).
 -- uuid is a name-based (version 3, RFC 4122) uuid of the install's event_namespace and
 -- "<id>" (or "<id>:old-key" for a DELETE half): stable across re-reads and re-sends,
 -- so consumers can drop duplicates, and unique across reinstalls.
@@ -62,7 +63,8 @@ AS $$
   WHERE (old_row OPERATOR(pg_catalog.->) n.key)::text IS DISTINCT FROM n.value::text
 $$;
 
--- The external id of a key of several columns: '["eu",42]'; NULL for a NULL row. A
+-- The external id of a key of several columns: '["eu",42]'; NULL for a NULL row. Each
+-- element is the value's text in `r` as it is (json, not jsonb: 1e+20 stays 1e+20). A
 -- missing column (dropped) gives null in its place. Only such tables call it: a key of one
 -- column is a plain ->> that PostgreSQL evaluates inline.
 CREATE OR REPLACE FUNCTION pg2kafka.composite_key(r json, key_columns text[])
@@ -70,7 +72,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
   SELECT '[' OPERATOR(pg_catalog.||)
-         pg_catalog.string_agg(coalesce((r OPERATOR(pg_catalog.->) u.name)::jsonb::text, 'null'), ',' ORDER BY u.position)
+         pg_catalog.string_agg(coalesce((r OPERATOR(pg_catalog.->) u.name)::text, 'null'), ',' ORDER BY u.position)
          OPERATOR(pg_catalog.||) ']'
   FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS u(name, position)
   WHERE r IS NOT NULL

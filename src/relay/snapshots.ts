@@ -227,7 +227,7 @@ export class SnapshotRunner {
   }
 
   /** Copies pending snapshots while active; false when there was none. */
-  private async copyPending(): Promise<boolean> {
+  private async queueAttached(): Promise<void> {
     const attached = await queueAttachedPartitions(this.sql);
     if (attached > 0) {
       this.logger.info(
@@ -235,6 +235,10 @@ export class SnapshotRunner {
         `queued the rows of ${attached} partition(s) attached since setup, to be copied online`,
       );
     }
+  }
+
+  private async copyPending(): Promise<boolean> {
+    await this.queueAttached();
     // Oldest first, but not the one that just failed while others wait: one table whose
     // chunks keep failing (a policy, a bad condition) must not stop the rest.
     const pending = await pendingSnapshots(this.sql);
@@ -262,6 +266,8 @@ export class SnapshotRunner {
       const everyMs = this.options.progressEveryMs ?? PROGRESS_EVERY_MS;
       if (done || Date.now() - progressAt >= everyMs) {
         progressAt = Date.now();
+        // A partition attached meanwhile, to this table or another, waits no longer.
+        await this.queueAttached();
         const [now] = await snapshotProgress(this.sql, next.tableOid);
         const progress = { ...next, rowsDone: now?.rowsDone ?? 0 };
         if (done) {

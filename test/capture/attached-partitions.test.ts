@@ -1,9 +1,9 @@
 /**
  * Partitions attached to a captured table after setup: ATTACH PARTITION gives them the
  * capture triggers, but the rows they bring never passed through them. The snapshot
- * runners notice such a partition and copy its rows as SNAPSHOT events, once each:
- * alone when no snapshot runs, or, while the walk of the whole table runs, only the keys
- * that walk had already passed (it reads the new partition itself from then on).
+ * runners notice such a partition (also one detached and attached again) and copy its
+ * rows as SNAPSHOT events, once each, in a walk of its own: the walk of the whole table
+ * reads only the partitions it started with.
  *
  * pg2kafka is installed by a dedicated role (as the README advises), granted what setup
  * needs on the partitioned tables and the partitions they have then (CREATE TRIGGER
@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { migrate } from '../../src/capture/migrate.ts';
-import { uniqueName, useTestDatabase } from '../helpers.ts';
+import { uniqueName, useTestDatabase, waitFor } from '../helpers.ts';
 import { collectNotices, queuedEvents } from './support.ts';
 
 const db = useTestDatabase();
@@ -46,6 +46,20 @@ async function snapshotCounts(table: string): Promise<Map<string, number>> {
     }
   }
   return counts;
+}
+
+/**
+ * `name` (id int primary key) partitioned by range, with one partition `<name>_1` for ids
+ * 1..99999 holding ids 1..rows, granted to pg2kafka's role, set up.
+ */
+async function setUpPartitioned(name: string, rows: number): Promise<void> {
+  await db.sql.unsafe(`create table ${name} (id int primary key) partition by range (id)`);
+  await db.sql.unsafe(
+    `create table ${name}_1 partition of ${name} for values from (1) to (100000)`,
+  );
+  await grantCapture(name, `${name}_1`);
+  await db.sql.unsafe(`insert into ${name} select g from generate_series(1, ${rows}) g`);
+  await db.sql.unsafe(`select pg2kafka.setup('${name}')`);
 }
 
 async function attachedPartitions(): Promise<number> {
@@ -110,7 +124,7 @@ test('a partition attached after setup: its rows arrive as SNAPSHOT events, once
   assert.equal((await snapshotCounts('sales')).get('1002'), 2);
 });
 
-test('attached while the walk of the whole table runs: the keys it passed are walked in the partition, every row once', async () => {
+test('attached while the walk of the whole table runs: a walk of its own after it, every row once', async () => {
   // Keys (id, grp) in that order: the new partition's keys interleave with the old ones.
   await db.sql`
     create table ledger (id int, grp text, v int not null, primary key (id, grp)) partition by list (grp)`;
@@ -123,13 +137,17 @@ test('attached while the walk of the whole table runs: the keys it passed are wa
   await db.sql`create table ledger_b (id int, grp text, v int not null, primary key (id, grp))`;
   await db.sql`insert into ledger_b select g, 'b', 1 from generate_series(1, 12000, 3) g`;
   await db.sql`alter table ledger attach partition ledger_b for values in ('b')`;
-  // The next chunk notices it first: its rows up to where the walk is, [5000,"a"], are queued.
+  // A chunk of the whole table before the runner notices it: ledger_b is not its to read.
   await db.sql`select * from pg2kafka.snapshot_chunk('ledger')`;
-  const [state] = await db.sql<{ walks: unknown; after: string[] }[]>`
-    select queued_walks as walks, after_keys as after
+  assert.equal(await attachedPartitions(), 1);
+  const [state] = await db.sql<{ walks: string[]; queued: string[]; after: string[] }[]>`
+    select walk_partitions::regclass[]::text[] as walks, queued_partitions::regclass[]::text[] as queued,
+           after_keys as after
     from pg2kafka.snapshots where table_oid = 'ledger'::regclass`;
-  const [b] = await db.sql<{ oid: string }[]>`select 'ledger_b'::regclass::oid::text as oid`;
-  assert.deepEqual(state?.walks, [{ source: Number(b?.oid), until: ['5000', 'a'] }]);
+  assert.deepEqual(
+    { ...state },
+    { walks: ['ledger_a'], queued: ['ledger_b'], after: ['10000', 'a'] },
+  );
   await db.sql`call pg2kafka.run_snapshots()`;
 
   const counts = await snapshotCounts('ledger');
@@ -143,18 +161,14 @@ test('attached while the walk of the whole table runs: the keys it passed are wa
     'every row exactly once',
   );
   assert.equal(counts.size, expected.length, 'and nothing else');
-  const [done] = await db.sql<{ outcome: string; rows: string; walks: unknown }[]>`
-    select outcome, rows_done::text as rows, queued_walks as walks
+  const [done] = await db.sql<{ outcome: string; rows: string; queued: unknown }[]>`
+    select outcome, rows_done::text as rows, queued_partitions as queued
     from pg2kafka.snapshots where table_oid = 'ledger'::regclass`;
-  assert.deepEqual({ ...done }, { outcome: 'done', rows: '16000', walks: [] });
+  assert.deepEqual({ ...done }, { outcome: 'done', rows: '16000', queued: [] });
 });
 
 test('a walk queued for a partition detached before its turn copies nothing; teardown drops the queue', async () => {
-  await db.sql`create table logs (id int primary key) partition by range (id)`;
-  await db.sql`create table logs_1 partition of logs for values from (1) to (100000)`;
-  await grantCapture('logs', 'logs_1');
-  await db.sql`insert into logs select g from generate_series(1, 12000) g`;
-  await db.sql`select pg2kafka.setup('logs')`;
+  await setUpPartitioned('logs', 12_000);
   await db.sql`select * from pg2kafka.snapshot_chunk('logs')`;
   // Keys below the walk's position: queued behind it.
   await db.sql`create table logs_0 (id int primary key)`;
@@ -174,7 +188,179 @@ test('a walk queued for a partition detached before its turn copies nothing; tea
   // teardown drops triggers, which only the table's owner may do.
   await db.sql.unsafe(`alter table logs owner to "${role}"`);
   await db.sql`select pg2kafka.teardown('logs')`;
-  const [ended] = await db.sql<{ outcome: string; walks: unknown }[]>`
-    select outcome, queued_walks as walks from pg2kafka.snapshots where table_oid = 'logs'::regclass`;
-  assert.deepEqual({ ...ended }, { outcome: 'cancelled', walks: [] });
+  const [ended] = await db.sql<{ outcome: string; queued: unknown }[]>`
+    select outcome, queued_partitions as queued from pg2kafka.snapshots where table_oid = 'logs'::regclass`;
+  assert.deepEqual({ ...ended }, { outcome: 'cancelled', queued: [] });
+});
+
+test('detached, changed and attached again in one transaction, between two looks: its rows are copied again', async () => {
+  await db.sql`create table stock (id int primary key, n int not null) partition by range (id)`;
+  await db.sql`create table stock_1 partition of stock for values from (1) to (1000)`;
+  await db.sql`create table stock_2 partition of stock for values from (1000) to (2000)`;
+  await grantCapture('stock', 'stock_1', 'stock_2');
+  await db.sql`insert into stock values (1, 1), (1000, 1), (1001, 1)`;
+  await db.sql`select pg2kafka.setup('stock')`;
+  await db.sql.begin(async (tx) => {
+    await tx`alter table stock detach partition stock_2`;
+    // Detached, it has no capture triggers: these changes leave no event.
+    await tx`update stock_2 set n = 2 where id = 1000`;
+    await tx`insert into stock_2 values (1500, 1)`;
+    await tx`alter table stock attach partition stock_2 for values from (1000) to (2000)`;
+  });
+  assert.equal(await attachedPartitions(), 1, 'its trigger is new: attached again');
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const snapshots = (await queuedEvents(db.sql, 'stock')).filter((e) => e.statement === 'SNAPSHOT');
+  assert.deepEqual(
+    snapshots.slice(3).map((e) => [e.external_id, e.data]),
+    [
+      ['1000', { id: 1000, n: 2 }],
+      ['1001', { id: 1001, n: 1 }],
+      ['1500', { id: 1500, n: 1 }],
+    ],
+  );
+});
+
+test('attached, detached and attached again while the walk of the whole table runs: one walk, every row once', async () => {
+  await db.sql`create table trips (id int, zone int, primary key (id, zone)) partition by list (zone)`;
+  await db.sql`create table trips_1 partition of trips for values in (1)`;
+  await grantCapture('trips', 'trips_1');
+  await db.sql`insert into trips select g, 1 from generate_series(1, 12000) g`;
+  await db.sql`select pg2kafka.setup('trips')`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('trips')`;
+  await db.sql`create table trips_2 (id int, zone int, primary key (id, zone))`;
+  await db.sql`insert into trips_2 select g, 2 from generate_series(1, 100) g`;
+  await db.sql`alter table trips attach partition trips_2 for values in (2)`;
+  assert.equal(await attachedPartitions(), 1);
+  await db.sql`alter table trips detach partition trips_2`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('trips')`;
+  await db.sql`alter table trips attach partition trips_2 for values in (2)`;
+  assert.equal(await attachedPartitions(), 1);
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const counts = await snapshotCounts('trips');
+  assert.equal(counts.size, 12_100);
+  assert.deepEqual(
+    [...counts].filter(([, n]) => n !== 1),
+    [],
+    'no row twice',
+  );
+});
+
+test('attached while a snapshot of some rows runs: that one does not read it, its own walk copies every row', async () => {
+  await db.sql`create table fares (id int primary key, kind text not null) partition by range (id)`;
+  await db.sql`create table fares_1 partition of fares for values from (1) to (100000)`;
+  await grantCapture('fares', 'fares_1');
+  await db.sql`insert into fares select g, 'a' from generate_series(1, 12000) g`;
+  await db.sql`select pg2kafka.setup('fares', snapshot => 'none')`;
+  await db.sql`select pg2kafka.resnapshot('fares', 'id % 2 = 0')`;
+  await db.sql`select * from pg2kafka.snapshot_chunk('fares')`;
+  await db.sql`create table fares_2 (id int primary key, kind text not null)`;
+  await db.sql`insert into fares_2 select g, 'b' from generate_series(100000, 100009) g`;
+  await db.sql`alter table fares attach partition fares_2 for values from (100000) to (200000)`;
+  assert.equal(await attachedPartitions(), 1);
+  await db.sql`call pg2kafka.run_snapshots()`;
+  const counts = await snapshotCounts('fares');
+  assert.equal(counts.size, 6_000 + 10, 'the even rows, and every row of the new partition');
+  assert.deepEqual(
+    [...counts].filter(([, n]) => n !== 1),
+    [],
+    'none twice',
+  );
+});
+
+test('a key that cannot be walked: the attached partition is copied in one chunk, NULL keys too', async () => {
+  await db.sql`create table notes (id int, label text, primary key (id)) partition by range (id)`;
+  await db.sql`create table notes_1 partition of notes for values from (1) to (1000)`;
+  await grantCapture('notes', 'notes_1');
+  // A nullable, non-unique external id: accepted with a WARNING, copied under the lock.
+  await db.sql`select pg2kafka.setup('notes', 'label')`;
+  await db.sql`create table notes_2 (id int primary key, label text)`;
+  await db.sql`insert into notes_2 values (1000, 'a'), (1001, null), (1002, null)`;
+  await db.sql`alter table notes attach partition notes_2 for values from (1000) to (2000)`;
+  assert.equal(await attachedPartitions(), 1);
+  const [chunk] = await db.sql<{ rows: string; done: boolean }[]>`
+    select rows_copied::text as rows, done from pg2kafka.snapshot_chunk('notes', 1)`;
+  assert.deepEqual({ ...chunk }, { rows: '3', done: true });
+});
+
+test('a partition key with an expression: the copy evaluates nothing of it as the owner of pg2kafka', async () => {
+  await db.sql`create table calls (who text, id int)`;
+  await db.sql`grant insert on calls to public`;
+  // Claims to be IMMUTABLE (a partition key must be), and records who evaluates it.
+  await db.sql.unsafe(`
+    create function public.note_call(n int) returns void language sql volatile as $$
+    insert into public.calls values (current_user, n) $$`);
+  await db.sql`grant execute on function public.note_call(int) to public`;
+  await db.sql.unsafe(`
+    create function public.bucket(n int) returns int language plpgsql immutable as $$
+    begin perform public.note_call(n); return n; end $$`);
+  // (A partition key with an expression allows no primary key.)
+  await db.sql`create table events2 (id int not null) partition by range (public.bucket(id))`;
+  await db.sql`create table events2_1 partition of events2 for values from (1) to (1000)`;
+  await grantCapture('events2', 'events2_1');
+  await db.sql`select pg2kafka.setup('events2', 'id')`;
+  await db.sql`create table events2_2 (id int not null)`;
+  await db.sql`insert into events2_2 values (1000), (1001)`;
+  await db.sql`alter table events2 attach partition events2_2 for values from (1000) to (2000)`;
+  assert.equal(await attachedPartitions(), 1);
+  await db.sql`call pg2kafka.run_snapshots()`;
+  assert.deepEqual([...(await snapshotCounts('events2')).keys()].sort(), ['1000', '1001']);
+  const calls = await db.sql<{ who: string }[]>`select who from calls where who = ${role}`;
+  assert.deepEqual(
+    calls.map((c) => c.who),
+    [],
+  );
+});
+
+test('a captured partitioned table dropped: the runners go on, its pending snapshot ends', async () => {
+  await setUpPartitioned('gone', 12_000);
+  const [oid] = await db.sql<{ oid: string }[]>`select 'gone'::regclass::oid::text as oid`;
+  await db.sql`drop table gone`;
+  assert.equal(await attachedPartitions(), 0);
+  const { notices, onnotice } = collectNotices();
+  const sql = db.connect({ max: 1, onnotice });
+  try {
+    const [chunk] = await sql<{ rows: string; done: boolean }[]>`
+      select rows_copied::text as rows, done from pg2kafka.snapshot_chunk(${oid?.oid ?? ''}::oid::regclass)`;
+    assert.deepEqual({ ...chunk }, { rows: '0', done: true });
+  } finally {
+    await sql.end();
+  }
+  assert.deepEqual(
+    notices.map((n) => n.message),
+    [`pg2kafka: the snapshot of table ${oid?.oid} stopped: the table was dropped`],
+  );
+});
+
+test('resnapshot with a condition waits for a runner queueing a partition, then sees its snapshot run', async () => {
+  await setUpPartitioned('routes', 0);
+  await db.sql`create table routes_2 (id int primary key)`;
+  await db.sql`insert into routes_2 values (100000), (100001)`;
+  await db.sql`alter table routes attach partition routes_2 for values from (100000) to (200000)`;
+  const runner = await db.sql.reserve();
+  try {
+    await runner`begin`;
+    await runner`select pg2kafka.snapshot_attached_partitions()`;
+    const other = db.connect({ max: 1 });
+    try {
+      const [me] = await other<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      const resnapshot = other`select pg2kafka.resnapshot('routes', 'id < 3')`;
+      const outcome = resnapshot.then(
+        () => 'registered',
+        (error: unknown) => (error as { code?: string }).code ?? 'error',
+      );
+      await waitFor('resnapshot waiting for the runner', async () => {
+        const [row] = await db.sql<{ waiting: boolean }[]>`
+          select wait_event_type = 'Lock' as waiting from pg_stat_activity where pid = ${me?.pid ?? 0}`;
+        return row?.waiting ?? false;
+      });
+      await runner`commit`;
+      assert.equal(await outcome, '55006', 'refused: the partition copy runs');
+    } finally {
+      await other.end();
+    }
+  } finally {
+    runner.release();
+  }
+  await db.sql`call pg2kafka.run_snapshots()`;
+  assert.deepEqual([...(await snapshotCounts('routes')).keys()].sort(), ['100000', '100001']);
 });

@@ -241,6 +241,40 @@ test('resnapshot with a condition while a snapshot runs is refused: the rest of 
   assert.equal((await queuedEvents(db.sql, 'midway_t')).length, 12_000 + 5_000 + 12_000);
 });
 
+test('a chunk queued behind a setup in progress copies once it commits: it reads the registry after the lock', async () => {
+  await createTable('again_t', 12_000);
+  await db.sql`select pg2kafka.setup('again_t', 'k', snapshot => 'none')`;
+  await db.sql`select pg2kafka.teardown('again_t')`;
+  const setup = await db.sql.reserve();
+  const locker = await db.sql.reserve();
+  const copier = db.connect({ max: 1 });
+  try {
+    await setup`begin`;
+    await setup`select pg2kafka.setup('again_t', 'k')`;
+    // A DDL lock queued behind setup's, and the chunk queued behind that.
+    await locker`begin`;
+    const [lockerPid] = await locker<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    const locked = locker`lock table again_t in access exclusive mode`.then(() => true);
+    await waitFor('the DDL lock waiting', () => waitingForLock(lockerPid?.pid ?? 0));
+    const [copierPid] = await copier<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    const chunk = copier<{ rows: string; done: boolean }[]>`
+      select rows_copied::text as rows, done from pg2kafka.snapshot_chunk('again_t')`;
+    const copied = chunk.then(([row]) => row && { ...row });
+    await waitFor('the chunk waiting', () => waitingForLock(copierPid?.pid ?? 0));
+    await setup`commit`;
+    assert.equal(await locked, true);
+    await locker`commit`;
+    assert.deepEqual(await copied, { rows: '5000', done: false });
+  } finally {
+    setup.release();
+    locker.release();
+    await copier.end();
+  }
+  const [state] = await db.sql<{ outcome: string | null; done: string }[]>`
+    select outcome, rows_done::text as done from pg2kafka.snapshots where table_oid = 'again_t'::regclass`;
+  assert.deepEqual({ ...state }, { outcome: null, done: '5000' });
+});
+
 test('CALL pg2kafka.run_snapshots() copies every pending snapshot, a chunk per transaction', async () => {
   await createTable('called_t', 12_000);
   await db.sql`select pg2kafka.setup('called_t', 'k')`;
