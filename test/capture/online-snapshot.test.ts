@@ -218,6 +218,14 @@ test('the external id of a key of several columns is the JSON array of the value
   const data = JSON.parse(insert?.data_text ?? '{}') as Record<string, unknown>;
   assert.deepEqual(JSON.parse(insert?.external_id ?? ''), [data.name, data.at, 1.5]);
   assert.match(insert?.data_text ?? '', /"n": 1.50/);
+  // As the row's JSON writes them: a float as printed, an array without spaces.
+  await db.sql`create table float_t (f float8, a int[], primary key (f, a))`;
+  await db.sql`select pg2kafka.setup('float_t')`;
+  await db.sql`insert into float_t values (1e20, '{1,2}'), (1e-7, '{}')`;
+  assert.deepEqual(
+    (await queuedEvents(db.sql, 'float_t')).map((e) => e.external_id),
+    ['[1e+20,[1,2]]', '[1e-07,[]]'],
+  );
 });
 
 test('resnapshot with a condition while a snapshot runs is refused: the rest of that copy would never be made', async () => {
