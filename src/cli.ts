@@ -14,7 +14,7 @@
  */
 import { environmentHelp, parseConfig, redactUrl } from './config.ts';
 import { UsageError } from './errors.ts';
-import type { SetupResult } from './commands/setup.ts';
+import type { SchemaSetupEntry, SetupResult } from './commands/setup.ts';
 import type { Logger } from './logger.ts';
 import { packageVersion } from './package-root.ts';
 
@@ -29,7 +29,8 @@ Commands:
   setup <table> [<column>] [--full-row] [--snapshot=online|locked|none] [--background]
                                  start capturing a table, keyed by <column> (default:
                                  its primary key), and copy its existing rows;
-                                 '<schema>.*' sets up every table of a schema
+                                 several tables, or '<schema>.*' for every table of a
+                                 schema, each with its primary key
   teardown <table>               stop capturing a table
   snapshot [<table>...] [--background]
                                  copy the pending online snapshots now
@@ -175,14 +176,13 @@ const COMMANDS: Record<string, Command> = {
         ['--full-row', '--background'],
         ['--snapshot'],
       );
-      if (positional.length < 1 || positional.length > 2) {
+      if (positional.length < 1) {
         throw new UsageError(
           `pg2kafka setup expects <table> [<external-id-column>], got ${positional.length} argument(s)`,
         );
       }
-      const [table = '', column] = positional;
+      const [table = '', second] = positional;
       const options = {
-        column,
         fullRow: flags.has('--full-row'),
         snapshot: snapshotMode(values.get('--snapshot')),
       };
@@ -191,26 +191,61 @@ const COMMANDS: Record<string, Command> = {
       const setup = await import('./commands/setup.ts');
       const { copyPendingCommand } = await import('./commands/snapshot.ts');
       const schema = setup.schemaPattern(table);
-      if (schema === undefined) {
-        const result = await setup.setupCommand(config, table, options);
-        printWarnings(result.warnings);
-        process.stdout.write(`${describeSetup(result)}\n`);
-        return copyPendingCommand(config, pendingOf([result]), background);
-      }
-      if (column !== undefined) {
+      if (
+        schema !== undefined &&
+        second !== undefined &&
+        setup.schemaPattern(second) === undefined &&
+        positional.length === 2
+      ) {
         throw new UsageError(
           `pg2kafka setup ${table} sets up each table of schema ${schema} with its primary key: give no column`,
         );
       }
-      const {
-        schema: shown,
-        entries,
-        warnings,
-      } = await setup.setupSchemaCommand(config, schema, options);
-      printWarnings(warnings);
-      if (entries.length === 0) {
-        process.stdout.write(`schema ${shown} has no tables to set up\n`);
-        return 0;
+      const several =
+        positional.length > 2 ||
+        (second !== undefined &&
+          (schema !== undefined ||
+            setup.schemaPattern(second) !== undefined ||
+            (await setup.secondArgumentIs(config, table, second)) === 'table'));
+      if (schema === undefined && !several) {
+        const result = await setup.setupCommand(config, table, { ...options, column: second });
+        printWarnings(result.warnings);
+        process.stdout.write(`${describeSetup(result)}\n`);
+        return copyPendingCommand(config, pendingOf([result]), background);
+      }
+      let entries: SchemaSetupEntry[];
+      let summary: string;
+      if (schema !== undefined && !several) {
+        const found = await setup.setupSchemaCommand(config, schema, options);
+        printWarnings(found.warnings);
+        if (found.entries.length === 0) {
+          process.stdout.write(`schema ${found.schema} has no tables to set up\n`);
+          return 0;
+        }
+        entries = found.entries;
+        summary = `schema ${found.schema}`;
+      } else {
+        entries = [];
+        const tables: string[] = [];
+        const flush = async (): Promise<void> => {
+          if (tables.length === 0) return;
+          const named = await setup.setupTablesCommand(config, tables.splice(0), options);
+          printWarnings(named.warnings);
+          entries.push(...named.entries);
+        };
+        for (const target of positional) {
+          const pattern = setup.schemaPattern(target);
+          if (pattern === undefined) {
+            tables.push(target);
+            continue;
+          }
+          await flush();
+          const found = await setup.setupSchemaCommand(config, pattern, options);
+          printWarnings(found.warnings);
+          entries.push(...found.entries);
+        }
+        await flush();
+        summary = 'setup';
       }
       const results: SetupResult[] = [];
       let failed = 0;
@@ -233,7 +268,7 @@ const COMMANDS: Record<string, Command> = {
       }
       const unchanged = results.filter((r) => !r.changed).length;
       process.stdout.write(
-        `schema ${shown}: ${results.length - unchanged} table(s) set up, ${unchanged} already captured, ${skipped} skipped, ${failed} failed\n`,
+        `${summary}: ${results.length - unchanged} table(s) set up, ${unchanged} already captured, ${skipped} skipped, ${failed} failed\n`,
       );
       const code = await copyPendingCommand(config, pendingOf(results), background);
       return code !== 0 ? code : failed > 0 ? 1 : 0;

@@ -451,6 +451,63 @@ test("setup 'schema.*' sets up every table of the schema with its primary key, r
   }
 });
 
+test('setup of several tables: each with its primary key, reported one by one, exit 1 if one failed', async () => {
+  await table('many_a', 3);
+  await table('many_b', 6_000);
+  await db.sql`create table many_c (code text)`;
+  await db.sql`create table many_d (region text, n int, primary key (region, n))`;
+  const result = await run(['setup', 'many_a', 'many_b', 'many_c']);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(
+    result.stdout,
+    new RegExp(
+      '^' +
+        [
+          `capturing public\\.many_a \\(topic pg2kafka\\.${db.name}\\.many_a\\): 3 existing row\\(s\\) queued as SNAPSHOT events`,
+          `capturing public\\.many_b \\(topic pg2kafka\\.${db.name}\\.many_b\\): its existing rows( \\(about \\d+\\))? are queued as SNAPSHOT events online, in chunks`,
+          'setup: 2 table\\(s\\) set up, 0 already captured, 0 skipped, 1 failed',
+        ].join('\\n') +
+        '\\n$',
+    ),
+  );
+  assert.match(
+    result.stderr,
+    /^pg2kafka: public\.many_c has no primary key: name its external id column/m,
+  );
+  assert.match(result.stderr, done('public\\.many_b', 6_000));
+  assert.deepEqual(await queued('many_b'), [['SNAPSHOT', 6_000, 6_000]]);
+
+  // Two arguments: the second is a table when the first has no column of that name.
+  await db.sql`alter table many_d add column many_a int`;
+  const two = await run(['setup', 'many_a', 'many_d']);
+  assert.equal(two.code, 0, two.stderr);
+  assert.match(
+    two.stdout,
+    /^already capturing public\.many_a \(topic \S+, key id\): nothing changed/m,
+  );
+  assert.match(two.stdout, /^capturing public\.many_d .*: 0 existing row\(s\) queued/m);
+  assert.match(
+    two.stdout,
+    /^setup: 1 table\(s\) set up, 1 already captured, 0 skipped, 0 failed$/m,
+  );
+  assert.deepEqual(await trackedAs(db.sql, 'many_d'), {
+    column: '["region","n"]',
+    fullRow: false,
+    capturing: true,
+  });
+  // ... and the key column when it has: many_d.many_a, not the table many_a.
+  await db.sql`select pg2kafka.teardown('many_d')`;
+  await db.sql`alter table many_d add constraint many_d_a unique (many_a)`;
+  await db.sql`alter table many_d alter column many_a set not null`;
+  const keyed = await run(['setup', 'many_d', 'many_a']);
+  assert.equal(keyed.code, 0, keyed.stderr);
+  assert.equal((await trackedAs(db.sql, 'many_d'))?.column, 'many_a');
+  // A mistyped column is still a column that does not exist.
+  const typo = await run(['setup', 'many_d', 'many_aa']);
+  assert.equal(typo.code, 2);
+  assert.match(typo.stderr, /^pg2kafka: column "many_aa" does not exist in table public\.many_d/);
+});
+
 /** Starts `pg2kafka <args>`, signals it once its copy has committed a chunk past `after` rows. */
 async function interruptCopy(
   args: string[],

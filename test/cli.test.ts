@@ -50,8 +50,9 @@ test('bad usage exits 2 with a message saying what is wrong', async () => {
     [['status', '--verbose'], 'pg2kafka: unknown option --verbose\n'],
     [['setup', '--full'], 'pg2kafka: unknown option --full\n'],
     [
-      ['setup', 'products', 'sku', 'name'],
-      'pg2kafka: pg2kafka setup expects <table> [<external-id-column>], got 3 argument(s)\n',
+      // Several tables: one that does not exist stops the command before any is set up.
+      ['setup', 'no_such_table', 'sku', 'name'],
+      'pg2kafka: relation "no_such_table" does not exist (table argument: no_such_table)\n',
     ],
     [['status', 'extra'], 'pg2kafka: pg2kafka status expects no arguments, got 1 argument(s)\n'],
     [['teardown'], 'pg2kafka: pg2kafka teardown expects <table>, got 0 argument(s)\n'],

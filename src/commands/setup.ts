@@ -20,6 +20,7 @@ import { topicName, topicNameProblem } from '../relay/topics.ts';
 
 export const setupHelp = `Usage: pg2kafka setup <table> [<external-id-column>] [--full-row]
                       [--snapshot=online|locked|none] [--background]
+       pg2kafka setup <table> <table>... [--full-row] [--snapshot=...] [--background]
        pg2kafka setup '<schema>.*' [--full-row] [--snapshot=...] [--background]
 
 Starts capturing <table> (schema-qualified or found on the search_path; quote mixed-case
@@ -39,8 +40,11 @@ SIGTERM) stops it after the chunk in flight and keeps the progress: pg2kafka sna
 <table> resumes it, and so does the active relay by itself. --background leaves the
 copy to the active relay.
 
-'<schema>.*' sets up every table of the schema (not its partitions), each with its
-primary key; a table without a primary key is skipped and reported.
+Several tables, or '<schema>.*' (every table of the schema, not its partitions), are
+each set up with its primary key (one already captured keeps its key), and reported one
+by one; a table of the schema without a primary key is skipped. The exit code is 1 if
+one of them failed. With two arguments, the second is the key column when the first
+table has a column of that name, else a table.
 
 Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]);
 `;
@@ -436,15 +440,93 @@ export async function setupSchemaCommand(
         });
         continue;
       }
-      try {
-        const column = t.column ?? undefined;
-        const result = await setupOne(sql, config, t.qualified, { ...options, column }, warnings);
-        entries.push({ table: t.qualified, outcome: 'set up', result });
-      } catch (error) {
-        entries.push({ table: t.qualified, outcome: 'failed', error });
-      }
+      entries.push(await setupEntry(sql, config, t.qualified, t.column, options, warnings));
     }
     return { schema: found.shown, entries, warnings: schemaWarnings };
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/** One table of several: set up with `column` (null: its primary key), or why not. */
+async function setupEntry(
+  sql: postgres.Sql,
+  config: Config,
+  table: string,
+  column: string | null,
+  options: Omit<SetupOptions, 'column'>,
+  warnings: string[],
+): Promise<SchemaSetupEntry> {
+  try {
+    const result = await setupOne(
+      sql,
+      config,
+      table,
+      { ...options, column: column ?? undefined },
+      warnings,
+    );
+    return { table: result.table, outcome: 'set up', result };
+  } catch (error) {
+    return { table, outcome: 'failed', error };
+  }
+}
+
+/**
+ * Whether `second` in `setup <table> <second>` is the external id column, as in the
+ * original's setup(table, column), or another table to set up: a table only when
+ * `table` has no column of that name and a table of that name exists (so a mistyped
+ * column still says that the column does not exist).
+ */
+export async function secondArgumentIs(
+  config: Config,
+  table: string,
+  second: string,
+): Promise<'column' | 'table'> {
+  const sql = await connect(config, 'setup', []);
+  try {
+    const [row] = await sql<{ table: boolean }[]>`
+      select to_regclass(${second}) is not null
+             and not exists (select 1 from pg_attribute a
+                             where a.attrelid = to_regclass(${table}) and a.attname = ${second}
+                               and a.attnum > 0 and not a.attisdropped) as table`.catch(
+      (error: unknown) => {
+        // A name that does not even parse as a table is a column name (or a mistake).
+        if (serverError(error) !== undefined) return [{ table: false }];
+        throw error;
+      },
+    );
+    return row?.table ? 'table' : 'column';
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/**
+ * `setup <table>...`: several tables, each keyed by its primary key (a table already
+ * captured keeps its key); an error of one table does not stop the others.
+ */
+export async function setupTablesCommand(
+  config: Config,
+  tables: string[],
+  options: Omit<SetupOptions, 'column'> = {},
+): Promise<{ entries: SchemaSetupEntry[]; warnings: string[] }> {
+  const warnings: string[] = [];
+  const sql = await connect(config, 'setup', warnings);
+  try {
+    const connectWarnings = warnings.splice(0);
+    // A name that is no table is a mistake in the command: nothing is set up then.
+    for (const table of tables) await describeTable(sql, table, (t) => `pg2kafka setup ${t}`);
+    const entries: SchemaSetupEntry[] = [];
+    for (const table of tables) {
+      const [captured] = await sql<{ column: string | null }[]>`
+        select case when cardinality(t.key_columns) = 1 then t.external_id_column end as column
+        from pg2kafka.tracked_tables t
+        where t.table_oid = to_regclass(${table}) and t.capturing`.catch(() => []);
+      entries.push(
+        await setupEntry(sql, config, table, captured?.column ?? null, options, warnings),
+      );
+    }
+    return { entries, warnings: connectWarnings };
   } finally {
     await sql.end({ timeout: 2 });
   }
