@@ -134,6 +134,8 @@ export function spawnRelay(options: {
       ...process.env,
       DATABASE_URL: options.databaseUrl,
       KAFKA_BROKERS: options.brokers,
+      // The endpoints are served as in production, on a free port.
+      HTTP_PORT: '0',
       LOG_LEVEL: 'info',
       BENCH_SINK: sink,
       ...options.env,

@@ -60,6 +60,8 @@ async function main(): Promise<void> {
       DATABASE_URL: demoUrl,
       KAFKA_BROKERS: brokers,
       LOG_LEVEL: 'warn',
+      // Any free port: the demo must not collide with what else runs here.
+      HTTP_PORT: '0',
     };
     say('installing pg2kafka and capturing products');
     pg2kafka(['migrate'], env);

@@ -31,6 +31,8 @@ export interface Config {
   pollIntervalMs: number;
   /** A leader that delivered nothing for this long while failing gives the lease up for a while. */
   leaderYieldAfterMs: number;
+  /** The port of /healthz, /readyz, /metrics and /status; 0: any free port; undefined: none. */
+  httpPort: number | undefined;
   logLevel: string;
   autoCreateTopics: boolean;
   /** undefined: the broker's default. */
@@ -46,6 +48,9 @@ export interface Config {
       }
     | undefined;
 }
+
+/** Where the relay's HTTP endpoints listen unless HTTP_PORT says otherwise. */
+export const DEFAULT_HTTP_PORT = 9898;
 
 export interface VariableSpec {
   name: string;
@@ -118,6 +123,12 @@ export const VARIABLES: VariableSpec[] = [
     default: '60000',
     meaning:
       'an active relay that fails to ship for this long gives the lease up for a while, so a standby can try (1000 to 3600000)',
+  },
+  {
+    name: 'HTTP_PORT',
+    default: '9898',
+    meaning:
+      "port of the relay's /healthz, /readyz, /metrics (Prometheus) and /status; off: no HTTP endpoint (0: any free port)",
   },
   {
     name: 'LOG_LEVEL',
@@ -226,6 +237,18 @@ function parseWholeNumber(
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
     problems.add(`${name} must be a whole number from ${min} to ${max}, got "${value}"`);
     return;
+  }
+  return n;
+}
+
+function parseHttpPort(env: Env, problems: Problems): number | undefined {
+  const value = read(env, 'HTTP_PORT');
+  if (value === undefined) return DEFAULT_HTTP_PORT;
+  if (value.toLowerCase() === 'off') return undefined;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 65_535) {
+    problems.add(`HTTP_PORT must be a port number (0 to 65535) or off, got "${value}"`);
+    return undefined;
   }
   return n;
 }
@@ -405,6 +428,7 @@ export function parseConfig(
     pollIntervalMs: parseWholeNumber(env, 'POLL_INTERVAL_MS', 10, 60_000, problems) ?? 500,
     leaderYieldAfterMs:
       parseWholeNumber(env, 'LEADER_YIELD_AFTER_MS', 1_000, 3_600_000, problems) ?? 60_000,
+    httpPort: parseHttpPort(env, problems),
     logLevel,
     autoCreateTopics: parseBoolean(env, 'AUTO_CREATE_TOPICS', true, problems),
     topicPartitions: parseWholeNumber(env, 'TOPIC_PARTITIONS', 1, 10_000, problems),

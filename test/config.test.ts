@@ -67,6 +67,7 @@ const DEFAULTS: Config = {
   wakeNotify: true,
   pollIntervalMs: 500,
   leaderYieldAfterMs: 60_000,
+  httpPort: 9898,
   logLevel: 'info',
   autoCreateTopics: true,
   topicPartitions: undefined,
@@ -208,6 +209,20 @@ test('BATCH_BYTES, DEAD_LETTER_POLICY and WAKE_NOTIFY accept only what they docu
   }
   assert.equal(parseConfig({ ...BASE, WAKE_NOTIFY: 'false' }).wakeNotify, false);
   rejects('WAKE_NOTIFY', 'sometimes', 'WAKE_NOTIFY must be true or false, got "sometimes"');
+});
+
+test('HTTP_PORT: a port, 0 for any free one, or off', () => {
+  assert.equal(parseConfig(BASE).httpPort, 9898);
+  assert.equal(parseConfig({ ...BASE, HTTP_PORT: '8080' }).httpPort, 8080);
+  assert.equal(parseConfig({ ...BASE, HTTP_PORT: '0' }).httpPort, 0);
+  assert.equal(parseConfig({ ...BASE, HTTP_PORT: 'OFF' }).httpPort, undefined);
+  for (const value of ['65536', 'http', '-1', '80.5']) {
+    rejects(
+      'HTTP_PORT',
+      value,
+      `HTTP_PORT must be a port number (0 to 65535) or off, got "${value}"`,
+    );
+  }
 });
 
 test('LOG_LEVEL must be one of the pino levels', () => {

@@ -38,6 +38,9 @@ import { Relay, type RelayEvent } from '../relay/relay.ts';
 import { VacuumWatch, type VacuumWatchOptions } from '../relay/vacuum-watch.ts';
 import { SnapshotRunner, type SnapshotRunnerOptions } from '../relay/snapshots.ts';
 import { within } from '../relay/within.ts';
+import { Endpoints } from '../ops/http.ts';
+import { readQueue, RelayMetrics } from '../ops/metrics.ts';
+import { statusCommand } from './status.ts';
 
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
 /** How long shutdown waits for the loop's batch in flight before closing under it. */
@@ -145,6 +148,53 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         logger.info('relay stopped');
         break;
     }
+  });
+}
+
+/** How often the relay logs what it shipped, while events flow. */
+export const FLOW_LOG_MS = 30_000;
+
+/**
+ * One info line every `everyMs` while events flow: events shipped since the last line, the
+ * rate, the lag from capture to acknowledgement (mean and largest), the queue's depth.
+ * Nothing while idle; retries keep their own one line each.
+ */
+function logFlow(relay: Relay, logger: Logger, sql: postgres.Sql, everyMs: number): void {
+  let since = performance.now();
+  let events = 0;
+  let lagSumMs = 0;
+  let lagMaxMs = 0;
+  relay.on((event) => {
+    if (event.type !== 'batch' || event.events === 0) return;
+    events += event.events;
+    for (const lag of event.lagsMs) {
+      lagSumMs += lag;
+      lagMaxMs = Math.max(lagMaxMs, lag);
+    }
+    const seconds = (performance.now() - since) / 1000;
+    if (seconds * 1000 < everyMs) return;
+    const line = {
+      events,
+      seconds: Math.round(seconds * 10) / 10,
+      perSecond: Math.round(events / Math.max(seconds, 0.001)),
+      lagMeanMs: Math.round(lagSumMs / Math.max(events, 1)),
+      lagMaxMs: Math.round(lagMaxMs),
+    };
+    since = performance.now();
+    events = 0;
+    lagSumMs = 0;
+    lagMaxMs = 0;
+    void readQueue(sql)
+      .then(
+        (queue) => queue.events,
+        () => undefined,
+      )
+      .then((queued) => {
+        logger.info(
+          { ...line, queued },
+          `shipped ${line.events} events in ${line.seconds} s (${line.perSecond}/s), lag ${line.lagMeanMs} ms mean, ${line.lagMaxMs} ms most; ${queued === undefined ? 'queue depth unknown' : `${queued} queued`}`,
+        );
+      });
   });
 }
 
@@ -257,6 +307,38 @@ function diagnoser(
   };
 }
 
+/**
+ * The HTTP endpoints (src/ops/http.ts) on HTTP_PORT, when it is not off. A port in use
+ * stops the start (exit 2): a probe pointed at it would be answered by something else.
+ */
+async function serveEndpoints(
+  config: Config,
+  log: Logger,
+  parts: { relay: Relay; sql: postgres.Sql; sink: EventSink },
+): Promise<Endpoints | undefined> {
+  if (config.httpPort === undefined) return undefined;
+  const metrics = new RelayMetrics(parts.relay, parts.sql);
+  const endpoints = new Endpoints({
+    ...parts,
+    metrics,
+    status: () => statusCommand(config),
+  });
+  try {
+    const port = await endpoints.listen(config.httpPort);
+    log.info({ port }, `HTTP endpoints on port ${port}: /healthz /readyz /metrics /status`);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    throw new UsageError(
+      `cannot serve HTTP_PORT ${config.httpPort} (${error instanceof Error ? error.message : String(error)}): ${
+        code === 'EADDRINUSE'
+          ? 'another process listens on it; set HTTP_PORT to a free port, or HTTP_PORT=off'
+          : 'set HTTP_PORT to a port this process may listen on, or HTTP_PORT=off'
+      }`,
+    );
+  }
+  return endpoints;
+}
+
 export interface RunningRelay {
   relay: Relay;
   /** Stops the relay and closes its connections. */
@@ -278,6 +360,8 @@ export async function startRelay(
     vacuumWatch?: VacuumWatchOptions;
     /** Chunk size and pacing of the online snapshots (tests and the benchmark). */
     snapshots?: SnapshotRunnerOptions;
+    /** How often the flow line is logged (FLOW_LOG_MS; tests shorten it). */
+    flowLogEveryMs?: number;
   } = {},
 ): Promise<RunningRelay | undefined> {
   const log = logger.child({ component: 'relay' });
@@ -318,6 +402,15 @@ export async function startRelay(
     ...(idleFlag ? { idleFlag } : {}),
   });
   logRelayEvents(relay, log);
+  logFlow(relay, log, sql, options.flowLogEveryMs ?? FLOW_LOG_MS);
+  const endpoints = await serveEndpoints(config, log, { relay, sql, sink }).catch(
+    async (error: unknown) => {
+      await within(1_000, idleFlag?.close());
+      await within(1_000, sink.close());
+      await within(1_000, sql.end({ timeout: 1 }));
+      throw error;
+    },
+  );
   const vacuumWatch = new VacuumWatch(sql, log, options.vacuumWatch);
   vacuumWatch.start();
   const snapshots = new SnapshotRunner(
@@ -362,6 +455,7 @@ export async function startRelay(
         within(STOP_LOOP_WAIT_MS, snapshots.stop()),
         listener?.stop(),
       ]);
+      await within(1_000, endpoints?.close());
       await within(1_000, idleFlag?.close());
       await within(1_000, sink.close());
       await within(1_000, sql.end({ timeout: 1 }));

@@ -141,6 +141,12 @@ export class KafkajsSink implements EventSink {
     this.connected = true;
   }
 
+  /** Reaches the cluster now (a metadata request); throws when it cannot. */
+  async check(): Promise<void> {
+    await this.connect();
+    await this.admin.describeCluster();
+  }
+
   async prepareTopics(topics: string[]): Promise<TopicProblem[]> {
     const unknown = topics.filter((t) => !this.knownTopics.has(t));
     if (unknown.length === 0) return [];

@@ -52,6 +52,8 @@ export interface EventSink {
    * message counts as sent.
    */
   send(messages: OutboundMessage[]): Promise<SendResult[]>;
+  /** Reaches Kafka now, for a readiness probe; throws when it cannot. None: nothing to reach. */
+  check?(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -34,6 +34,12 @@ export class LeaseKeeper {
     private readonly timing: LeaseTiming,
     /** Called when the heartbeat finds the lease taken (the keeper has already dropped it). */
     private readonly onLost: (lease: Lease, reason: string) => void,
+    /**
+     * Whether the holder is making progress: a heartbeat of a stuck holder does not renew,
+     * so the lease expires and a standby takes over (the holder's own next send or delete
+     * finds the lease untrusted or gone).
+     */
+    private readonly progressing: () => boolean = () => true,
   ) {}
 
   get current(): Lease | undefined {
@@ -68,6 +74,14 @@ export class LeaseKeeper {
   }
 
   private async renew(lease: Lease): Promise<void> {
+    if (!this.progressing()) {
+      // Left to expire; once it is no longer trusted it is no longer this holder's.
+      if (performance.now() >= this.trustedUntil) {
+        await this.drop(false);
+        this.onLost(lease, 'the loop made no progress: the lease was left to expire for a standby');
+      }
+      return;
+    }
     try {
       const started = performance.now();
       const renewed = await this.queue.renewLease(lease, this.timing.ttlMs);

@@ -66,6 +66,12 @@ const IDLE_FLAG_MIN_WAIT_MS = 40;
  */
 export const MAX_REQUEST_BYTES = 512 * 1024;
 
+/**
+ * The loop is stuck when one turn takes this long (a turn is one batch: its statements
+ * time out after 60 s, its Kafka requests after 30 s each).
+ */
+export const STUCK_AFTER_MS = 90_000;
+
 export type RelayEvent =
   | { type: 'leadership'; active: boolean; epoch?: string; reason: string }
   | {
@@ -78,6 +84,10 @@ export type RelayEvent =
       oldestAgeMs: number;
       /** Time spent reading the batch (0 when it was read during the previous send). */
       fetchMs: number;
+      /** The events Kafka acknowledged, by table (schema.table) and statement. */
+      published: Array<{ table: string; statement: string; events: number }>;
+      /** Each acknowledged event's age when Kafka acknowledged it (created_at to ack), ms. */
+      lagsMs: number[];
     }
   | { type: 'error'; stage: string; error: unknown; attempt: number; retryInMs: number }
   | {
@@ -123,6 +133,11 @@ export interface RelayOptions {
   /** A leader failing this long gives the lease up for YIELD_STAND_BACK_MS (default 60 s). */
   yieldAfterMs?: number;
   /**
+   * A loop that has neither turned nor slept for this long is stuck: its lease is not
+   * renewed any more, so a standby takes over (default STUCK_AFTER_MS).
+   */
+  stuckAfterMs?: number;
+  /**
    * Turns a loop error into what the user must read, and how long to wait before the
    * next attempt when that is not the common backoff (a refused login, a missing schema).
    */
@@ -149,6 +164,9 @@ export class Relay {
   private failingSince: number | undefined;
   /** performance.now() until which this relay does not take the lease (after yielding). */
   private standBackUntil = 0;
+  /** performance.now() of the loop's last turn, and until when it sleeps on purpose. */
+  private tickedAt = performance.now();
+  private sleepingUntil = 0;
   /**
    * The next batch, read while the current one is sent (only after a full batch, when
    * more is likely waiting). Valid only if the current batch leaves the queue whole
@@ -169,6 +187,10 @@ export class Relay {
       options.leaseTiming ?? DEFAULT_LEASE_TIMING,
       (lease, reason) => {
         this.lostLease(lease, reason);
+      },
+      () => {
+        const loop = this.liveness();
+        return loop.sleepLeftMs > 0 || loop.sinceTickMs < (options.stuckAfterMs ?? STUCK_AFTER_MS);
       },
     );
   }
@@ -202,6 +224,25 @@ export class Relay {
     this.cancelSleep?.();
   }
 
+  /**
+   * How the loop is doing, for a liveness probe: how long since its last turn, and how
+   * much longer it means to sleep (0 when it is not sleeping).
+   */
+  liveness(): {
+    sinceTickMs: number;
+    sleepLeftMs: number;
+    active: boolean;
+    epoch: string | undefined;
+  } {
+    const now = performance.now();
+    return {
+      sinceTickMs: Math.round(now - this.tickedAt),
+      sleepLeftMs: Math.max(0, Math.round(this.sleepingUntil - now)),
+      active: this.options.dryRun || this.leases.current !== undefined,
+      epoch: this.leases.current?.epoch,
+    };
+  }
+
   /** Whether wake() was called since the loop last cleared the flag (set while fetching too). */
   private woken(): boolean {
     return this.wakeRequested;
@@ -212,6 +253,7 @@ export class Relay {
     let errorAttempt = 0;
     try {
       while (!this.stopping) {
+        this.tickedAt = performance.now();
         try {
           if (!(await this.ensureLeadership())) {
             await this.sleep(STANDBY_POLL_MS, false);
@@ -466,14 +508,29 @@ export class Relay {
     if (!complete) this.prefetched = undefined;
     // Kafka unreachable: what it acknowledged before is deleted; now back off.
     if (report.error) throw report.error;
+    const ackedAt = Date.now();
+    const deleted = new Set(outcome.deleteIds);
+    const published = new Map<string, { table: string; statement: string; events: number }>();
+    const lagsMs: number[] = [];
+    for (const e of events) {
+      if (!deleted.has(e.id)) continue;
+      const table = `${e.schemaName}.${e.tableName}`;
+      const key = `${table}\u0000${e.statement}`;
+      const count = published.get(key);
+      if (count) count.events += 1;
+      else published.set(key, { table, statement: e.statement, events: 1 });
+      lagsMs.push(ackedAt - Number(e.timestampMs));
+    }
     this.emit({
       type: 'batch',
       events: outcome.acked,
       changes: outcome.deleteIds.length,
       topics: outcome.ackedTopics.size,
       ms: Math.round(performance.now() - started),
-      oldestAgeMs: Date.now() - Number(events[0]?.timestampMs ?? Date.now()),
+      oldestAgeMs: ackedAt - Number(events[0]?.timestampMs ?? ackedAt),
       fetchMs,
+      published: [...published.values()],
+      lagsMs,
     });
     return batch.full ? 'full' : 'partial';
   }
@@ -481,6 +538,7 @@ export class Relay {
   /** Waits `ms`, or less if stop() (or, when wakeable, wake()) comes first. */
   private sleep(ms: number, wakeable: boolean): Promise<void> {
     if (this.stopping) return Promise.resolve();
+    this.sleepingUntil = performance.now() + ms;
     return new Promise<void>((resolve) => {
       const timer = setTimeout(done, ms);
       function done(): void {
@@ -492,6 +550,8 @@ export class Relay {
       };
     }).finally(() => {
       this.cancelSleep = undefined;
+      this.sleepingUntil = 0;
+      this.tickedAt = performance.now();
     });
   }
 }

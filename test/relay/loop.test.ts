@@ -256,3 +256,44 @@ test('Kafka lost mid-batch: what it acknowledged before is deleted, so only the 
   assert.equal(events.filter((e) => e.type === 'error').length, 1);
   await sql`select pg2kafka.teardown('midway')`;
 });
+
+test('a leader whose loop is stuck stops renewing its lease: a standby takes over and ships', async () => {
+  await fiveQueued('wedged');
+  const stuck = new FakeSink();
+  const inside = deferred();
+  const never = deferred();
+  stuck.answer = async () => {
+    inside.resolve();
+    await never.promise; // a send that never returns: the loop is wedged
+    return [];
+  };
+  const timing = { ttlMs: 2_000, renewMs: 200, safetyMs: 500 };
+  const wedged = relayWith(stuck, { leaseTiming: timing, stuckAfterMs: 1_000 });
+  const wedgedEvents: RelayEvent[] = [];
+  wedged.on((e) => wedgedEvents.push(e));
+  const wedgedRun = wedged.start();
+  await inside.promise;
+
+  const healthy = new FakeSink();
+  const standby = relayWith(healthy, { leaseTiming: timing });
+  const standbyRun = standby.start();
+  try {
+    await waitFor('the standby shipping all five', () => healthy.acked.length === 5, 15_000);
+    assert.deepEqual(
+      healthy.acked.map((m) => m.key),
+      ['1', '2', '3', '4', '5'],
+    );
+    assert.ok(
+      wedgedEvents.some((e) => e.type === 'leadership' && !e.active),
+      'the stuck leader gave the lease up',
+    );
+  } finally {
+    never.resolve();
+    await standby.stop();
+    await wedged.stop();
+    await Promise.all([standbyRun, wedgedRun]);
+    await sql`update pg2kafka.relay_lease set expires_at = '-infinity'`;
+    await sql`delete from pg2kafka.captured_changes`;
+    await sql`select pg2kafka.teardown('wedged')`;
+  }
+});

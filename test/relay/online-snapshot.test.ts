@@ -373,7 +373,11 @@ test('the relay logs the snapshot: a start line, progress with rate and time lef
       lines.push(JSON.parse(line) as LogLine);
     },
   });
-  const config = parseConfig({ DATABASE_URL: db.url, KAFKA_BROKERS: kafka.brokers.join(',') });
+  const config = parseConfig({
+    DATABASE_URL: db.url,
+    KAFKA_BROKERS: kafka.brokers.join(','),
+    HTTP_PORT: '0',
+  });
   // A progress line after every chunk instead of every PROGRESS_EVERY_MS.
   const running = await startRelay(config, logger, { snapshots: { progressEveryMs: 0 } });
   assert.ok(running);
@@ -419,7 +423,11 @@ test('a snapshot whose chunks keep failing does not keep the relay from copying 
       lines.push(JSON.parse(line) as LogLine);
     },
   });
-  const config = parseConfig({ DATABASE_URL: db.url, KAFKA_BROKERS: kafka.brokers.join(',') });
+  const config = parseConfig({
+    DATABASE_URL: db.url,
+    KAFKA_BROKERS: kafka.brokers.join(','),
+    HTTP_PORT: '0',
+  });
   const running = await startRelay(config, logger, {});
   assert.ok(running);
   try {

@@ -182,7 +182,11 @@ test(
         lines.push(JSON.parse(line) as Record<string, unknown>);
       },
     });
-    const config = parseConfig({ DATABASE_URL: db.url, KAFKA_BROKERS: kafka.brokers.join(',') });
+    const config = parseConfig({
+      DATABASE_URL: db.url,
+      KAFKA_BROKERS: kafka.brokers.join(','),
+      HTTP_PORT: '0',
+    });
     const running = await startRelay(config, logger, {
       vacuumWatch: { checkMs: 200, warnAfterMs: 1_000 },
     });

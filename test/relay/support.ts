@@ -25,7 +25,8 @@ export class RelayProcess {
   constructor(env: Record<string, string>, args: string[] = ['relay']) {
     this.child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
       cwd: ROOT,
-      env: { ...process.env, LOG_LEVEL: 'debug', ...env },
+      // Relays run side by side in tests: each serves its endpoints on a free port.
+      env: { ...process.env, LOG_LEVEL: 'debug', HTTP_PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = deferred<{ code: number | null; signal: NodeJS.Signals | null }>();
@@ -83,6 +84,8 @@ export function cliEnv(
 ): Record<string, string | undefined> {
   return {
     DATABASE_URL: databaseUrl,
+    // A relay started through the CLI serves its endpoints on a free port.
+    HTTP_PORT: '0',
     TOPIC_PREFIX: undefined,
     TOPIC_NAMESPACE: undefined,
     LOG_LEVEL: undefined,

@@ -1,0 +1,173 @@
+/**
+ * The relay's HTTP endpoints, on one port (HTTP_PORT):
+ *   /healthz  liveness: the loop turned recently, or sleeps on purpose. Never fails
+ *             because PostgreSQL or Kafka is down (an outage must not become a restart
+ *             storm): the loop keeps turning while it retries.
+ *   /readyz   the database answers and, for the active relay, Kafka does; a standby is
+ *             ready too. The body says the role.
+ *   /metrics  Prometheus text (metrics.ts).
+ *   /status   what `pg2kafka status --json` shows, plus this relay's own state.
+ * Every answer is JSON except /metrics; a probe that takes longer than PROBE_TIMEOUT_MS
+ * counts as failed.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type postgres from 'postgres';
+import type { EventSink } from '../kafka/sink.ts';
+import type { Relay } from '../relay/relay.ts';
+import type { RelayMetrics } from './metrics.ts';
+
+/** The loop is stuck when it has neither turned nor meant to sleep for this long. */
+export const LIVENESS_MS = 120_000;
+/** How long a readiness check waits for the database or Kafka. */
+export const PROBE_TIMEOUT_MS = 3_000;
+
+export interface EndpointsOptions {
+  relay: Relay;
+  metrics: RelayMetrics;
+  sql: postgres.Sql;
+  sink: EventSink;
+  /** What `pg2kafka status --json` shows. */
+  status: () => Promise<unknown>;
+}
+
+const TIMED_OUT = Symbol('timed out');
+
+/** Settles with `promise`'s value, or TIMED_OUT after `ms`. */
+async function probe<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => {
+      resolve(TIMED_OUT);
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Runs a check: undefined when it passed, else what went wrong. */
+async function check(what: string, run: () => Promise<unknown>): Promise<string | undefined> {
+  try {
+    const result = await probe(run(), PROBE_TIMEOUT_MS);
+    return result === TIMED_OUT ? `${what}: no answer within ${PROBE_TIMEOUT_MS} ms` : undefined;
+  } catch (error) {
+    return `${what}: ${message(error)}`;
+  }
+}
+
+export class Endpoints {
+  private server: Server | undefined;
+
+  constructor(private readonly options: EndpointsOptions) {}
+
+  /** Listens on `port` (0: any free port); resolves with the port it got. */
+  async listen(port: number, host?: string): Promise<number> {
+    const server = createServer((request, response) => {
+      this.handle(request, response).catch((error: unknown) => {
+        send(response, 500, { error: message(error) });
+      });
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return (server.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    const { server } = this;
+    if (!server) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => {
+      server.close(() => {
+        resolve();
+      });
+    });
+  }
+
+  private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const path = (request.url ?? '/').split('?')[0];
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      send(response, 405, { error: 'only GET' });
+      return;
+    }
+    switch (path) {
+      case '/healthz': {
+        const loop = this.options.relay.liveness();
+        const alive = loop.sinceTickMs < LIVENESS_MS || loop.sleepLeftMs > 0;
+        send(response, alive ? 200 : 503, {
+          alive,
+          loop: { sinceTickMs: loop.sinceTickMs, sleepLeftMs: loop.sleepLeftMs },
+        });
+        return;
+      }
+      case '/readyz': {
+        const { relay, sql, sink } = this.options;
+        const loop = relay.liveness();
+        const problems = [
+          await check('PostgreSQL', () => sql`select 1`),
+          loop.active && sink.check
+            ? await check('Kafka', () => sink.check?.() ?? Promise.resolve())
+            : undefined,
+        ].filter((p): p is string => p !== undefined);
+        send(response, problems.length === 0 ? 200 : 503, {
+          ready: problems.length === 0,
+          role: loop.active ? 'active' : 'standby',
+          problems,
+        });
+        return;
+      }
+      case '/metrics': {
+        const text = await this.options.metrics.text();
+        response.writeHead(200, { 'content-type': this.options.metrics.registry.contentType });
+        response.end(text);
+        return;
+      }
+      case '/status': {
+        const loop = this.options.relay.liveness();
+        const status = await probe(
+          this.options.status().catch((error: unknown) => ({ error: message(error) })),
+          PROBE_TIMEOUT_MS,
+        );
+        send(response, 200, {
+          relay: {
+            holder: this.options.relay.holder,
+            role: loop.active ? 'active' : 'standby',
+            epoch: loop.epoch ?? null,
+            heldTopics: this.options.metrics.heldTopicList(),
+          },
+          status:
+            status === TIMED_OUT
+              ? { error: `no answer from PostgreSQL within ${PROBE_TIMEOUT_MS} ms` }
+              : status,
+        });
+        return;
+      }
+      default:
+        send(response, 404, {
+          error: 'not found',
+          endpoints: ['/healthz', '/readyz', '/metrics', '/status'],
+        });
+    }
+  }
+}
+
+function send(response: ServerResponse, code: number, body: unknown): void {
+  if (response.headersSent) {
+    response.end();
+    return;
+  }
+  response.writeHead(code, { 'content-type': 'application/json' });
+  response.end(`${JSON.stringify(body)}\n`);
+}
