@@ -8,10 +8,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { useKafka, useTestDatabase, waitFor } from '../helpers.ts';
 import { useProxies } from '../pg-proxy.ts';
-import { useRelays, type LogLine, type RelayProcess } from '../relay/support.ts';
-import { startRelay } from '../../src/commands/relay.ts';
-import { parseConfig } from '../../src/config.ts';
-import { createLogger } from '../../src/logger.ts';
+import { inProcessRelay, useRelays, type LogLine, type RelayProcess } from '../relay/support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
@@ -200,20 +197,13 @@ test('HTTP_PORT taken by another process: the relay says so and exits 2 before s
 test('while events flow the relay logs a line per interval: events, rate, lag, queue depth', async () => {
   await db.sql`create table flows (id int primary key)`;
   await db.sql`select pg2kafka.setup('flows')`;
-  const lines: LogLine[] = [];
-  const logger = createLogger('info', {
-    write: (line: string) => {
-      lines.push(JSON.parse(line) as LogLine);
-    },
-  });
-  const config = parseConfig({
-    DATABASE_URL: db.url,
-    KAFKA_BROKERS: kafka.brokers.join(','),
-    HTTP_PORT: 'off',
-  });
   // A line after every batch instead of every FLOW_LOG_MS.
-  const running = await startRelay(config, logger, { flowLogEveryMs: 0 });
-  assert.ok(running);
+  const { running, lines } = await inProcessRelay(
+    db.url,
+    kafka,
+    { flowLogEveryMs: 0 },
+    { HTTP_PORT: 'off' },
+  );
   try {
     await waitFor('the relay active', () => lines.some((l) => l.msg === 'active: shipping events'));
     await db.sql`insert into flows select generate_series(1, 40)`;

@@ -10,11 +10,8 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 import { sleep, uniqueName, useKafka, useTestDatabase, waitFor, type Sql } from '../helpers.ts';
-import { startRelay } from '../../src/commands/relay.ts';
-import { parseConfig } from '../../src/config.ts';
-import { createLogger } from '../../src/logger.ts';
 import { snapshotViolations } from '../capture/support.ts';
-import { dedupe, useCollectors, useRelays, type ArrivedEvent, type LogLine } from './support.ts';
+import { dedupe, inProcessRelay, useCollectors, useRelays, type ArrivedEvent } from './support.ts';
 
 const db = useTestDatabase();
 const kafka = useKafka();
@@ -367,20 +364,10 @@ test('the relay logs the snapshot: a start line, progress with rate and time lef
   await db.sql.unsafe(`create table ${table} (k int primary key, v int not null)`);
   await db.sql.unsafe(`insert into ${table} select g, 1 from generate_series(1, 20000) g`);
   await db.sql.unsafe(`analyze ${table}`);
-  const lines: LogLine[] = [];
-  const logger = createLogger('info', {
-    write: (line: string) => {
-      lines.push(JSON.parse(line) as LogLine);
-    },
-  });
-  const config = parseConfig({
-    DATABASE_URL: db.url,
-    KAFKA_BROKERS: kafka.brokers.join(','),
-    HTTP_PORT: '0',
-  });
   // A progress line after every chunk instead of every PROGRESS_EVERY_MS.
-  const running = await startRelay(config, logger, { snapshots: { progressEveryMs: 0 } });
-  assert.ok(running);
+  const { running, lines } = await inProcessRelay(db.url, kafka, {
+    snapshots: { progressEveryMs: 0 },
+  });
   try {
     await waitFor('the relay active', () => lines.some((l) => l.msg === 'active: shipping events'));
     await db.sql.unsafe(`select pg2kafka.setup('${table}')`);
@@ -417,19 +404,7 @@ test('a snapshot whose chunks keep failing does not keep the relay from copying 
   // Compiles, so resnapshot takes it; fails on every row it reads.
   await db.sql`select pg2kafka.resnapshot('failing_t', 'k / (k - k) > 0')`;
   await db.sql`select pg2kafka.setup('after_t')`;
-  const lines: LogLine[] = [];
-  const logger = createLogger('info', {
-    write: (line: string) => {
-      lines.push(JSON.parse(line) as LogLine);
-    },
-  });
-  const config = parseConfig({
-    DATABASE_URL: db.url,
-    KAFKA_BROKERS: kafka.brokers.join(','),
-    HTTP_PORT: '0',
-  });
-  const running = await startRelay(config, logger, {});
-  assert.ok(running);
+  const { running, lines } = await inProcessRelay(db.url, kafka);
   try {
     await waitFor(
       'after_t copied',

@@ -5,6 +5,9 @@ import { after, before } from 'node:test';
 import kafkajs, { type Kafka } from 'kafkajs';
 import { splitLines } from '../../scripts/kafka-broker.ts';
 import { migrate } from '../../src/capture/migrate.ts';
+import { startRelay, type RunningRelay } from '../../src/commands/relay.ts';
+import { parseConfig } from '../../src/config.ts';
+import { createLogger } from '../../src/logger.ts';
 import { deferred, uniqueName, waitFor, type Sql, type TestKafka } from '../helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -283,4 +286,31 @@ export function useCollectors(client: Kafka): {
       return collector;
     },
   };
+}
+
+/**
+ * A relay in this process, shipping to the test broker, its log lines collected (info and
+ * above) in `lines`; `env` adds to or overrides the configuration.
+ */
+export async function inProcessRelay(
+  databaseUrl: string,
+  kafka: TestKafka,
+  options: Parameters<typeof startRelay>[2] = {},
+  env: Record<string, string> = {},
+): Promise<{ running: RunningRelay; lines: LogLine[] }> {
+  const lines: LogLine[] = [];
+  const logger = createLogger('info', {
+    write: (line: string) => {
+      lines.push(JSON.parse(line) as LogLine);
+    },
+  });
+  const config = parseConfig({
+    DATABASE_URL: databaseUrl,
+    KAFKA_BROKERS: kafka.brokers.join(','),
+    HTTP_PORT: '0',
+    ...env,
+  });
+  const running = await startRelay(config, logger, options);
+  if (!running) throw new Error('the relay stopped while starting');
+  return { running, lines };
 }
