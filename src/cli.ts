@@ -342,7 +342,8 @@ const COMMANDS: Record<string, Command> = {
       process.stdout.write(
         flags.has('--json') ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status),
       );
-      return 0;
+      // Something needs attention: exit 3, so that a script or a cron job notices.
+      return status.attention.length > 0 ? 3 : 0;
     },
   },
   'dead-letters': {

@@ -148,9 +148,11 @@ test('status and status --json show a pending snapshot: rows done of about how m
   // One chunk copied, as the relay (or CALL pg2kafka.run_snapshots()) would.
   await db.sql`select * from pg2kafka.snapshot_chunk('halfway')`;
 
+  // 5,000 events queued and no relay: that needs attention.
   const json = await run(['status', '--json']);
-  assert.equal(json.code, 0, json.stderr);
+  assert.equal(json.code, 3, json.stderr);
   const status = JSON.parse(json.stdout) as Status;
+  assert.ok(status.attention.some((a) => a.startsWith('no relay is active and ')));
   const [oid] = await db.sql<{ oid: string }[]>`select 'halfway'::regclass::oid::text as oid`;
   const entry = status.snapshots.find((s) => s.table === 'public.halfway');
   assert.ok(entry, json.stdout);
@@ -168,7 +170,7 @@ test('status and status --json show a pending snapshot: rows done of about how m
   assert.ok(status.tables.some((t) => t.table === 'public.halfway' && t.queued === 5_000));
 
   const text = await run(['status']);
-  assert.equal(text.code, 0, text.stderr);
+  assert.equal(text.code, 3, text.stderr);
   assert.match(
     text.stdout,
     /^snapshots pending:\n {2}public\.halfway: 5000 of about \d+ rows \(\d+%\), \d+ rows\/s, about \S+ (s|min|h) left; started \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, last chunk \d+ s ago$/m,

@@ -323,9 +323,13 @@ test('status and status --json: tracked tables, queued counts, no active relay',
   await db.sql`select pg2kafka.setup('status_b', 'code', true)`;
   await db.sql`insert into status_a values (3)`;
 
+  // Events queued and no relay to ship them: that needs attention, exit 3.
   const json = await runCli(['status', '--json'], env());
-  assert.equal(json.code, 0, json.stderr);
+  assert.equal(json.code, 3, json.stderr);
   const status = JSON.parse(json.stdout) as Status;
+  assert.deepEqual(status.attention, [
+    'no relay is active and 4 event(s) are queued: start pg2kafka relay',
+  ]);
   assert.deepEqual(
     status.tables.map((t) => ({
       table: t.table,
@@ -368,7 +372,7 @@ test('status and status --json: tracked tables, queued counts, no active relay',
   assert.deepEqual(status.deadLetters, { total: 0, parkedKeys: 0 });
 
   const text = await runCli(['status'], env());
-  assert.equal(text.code, 0, text.stderr);
+  assert.equal(text.code, 3, text.stderr);
   const lines = text.stdout.split('\n');
   assert.equal(lines[0], 'relay: none active');
   assert.match(lines[1] ?? '', /^queue: 4 event\(s\), oldest \d+\.\d s old$/);
@@ -379,7 +383,11 @@ test('status and status --json: tracked tables, queued counts, no active relay',
     lines[5] ?? '',
     /^ {2}public\.status_b key=code full-row: 1 queued, oldest \d+\.\d s$/,
   );
-  assert.equal(lines.length, 7, text.stdout);
+  assert.deepEqual(lines.slice(6), [
+    'attention:',
+    '  no relay is active and 4 event(s) are queued: start pg2kafka relay',
+    '',
+  ]);
 });
 
 test('an error never shows the password of DATABASE_URL', async () => {
@@ -407,7 +415,7 @@ test('status flags a table whose external id column was renamed', async () => {
   await db.sql`select pg2kafka.setup('renamed_key', 'id')`;
   await db.sql`alter table renamed_key rename column id to ident`;
   const json = await runCli(['status', '--json'], env());
-  assert.equal(json.code, 0, json.stderr);
+  assert.equal(json.code, 3, json.stderr);
   const status = JSON.parse(json.stdout) as Status;
   assert.deepEqual(
     status.tables.filter((t) => t.table === 'public.renamed_key'),
@@ -416,9 +424,63 @@ test('status flags a table whose external id column was renamed', async () => {
   assert.ok(
     status.tables.filter((t) => t.table !== 'public.renamed_key').every((t) => t.keyColumnExists),
   );
+  assert.ok(
+    status.attention.includes(
+      'public.renamed_key: its key column id was renamed or dropped, so its events get no key: run pg2kafka teardown and pg2kafka setup again',
+    ),
+    status.attention.join('\n'),
+  );
   const text = await runCli(['status'], env());
   assert.match(
     text.stdout,
     /public\.renamed_key key=id \(KEY COLUMN MISSING: renamed or dropped; run teardown and setup again\)/,
   );
+  assert.equal(text.code, 3);
+  await db.sql`select pg2kafka.teardown('renamed_key')`;
+});
+
+test('status: capture triggers disabled or missing need attention (exit 3); a dropped table is shown, exit 0', async () => {
+  await db.sql`
+    select pg2kafka.teardown(table_oid::regclass) from pg2kafka.tracked_tables where capturing`;
+  await db.sql`delete from pg2kafka.captured_changes`;
+  await db.sql`create table quiet (id int primary key) partition by range (id)`;
+  await db.sql`create table quiet_1 partition of quiet for values from (1) to (100)`;
+  await db.sql`create table loud (id int primary key)`;
+  await db.sql`select pg2kafka.setup('quiet')`;
+  await db.sql`select pg2kafka.setup('loud')`;
+  const clean = await runCli(['status', '--json'], env());
+  assert.equal(clean.code, 0, clean.stdout);
+  assert.deepEqual((JSON.parse(clean.stdout) as Status).attention, []);
+
+  await db.sql`alter table quiet_1 disable trigger _pg2kafka_update`;
+  await db.sql`alter table quiet enable replica trigger _pg2kafka_insert`;
+  await db.sql`drop trigger _pg2kafka_delete on loud`;
+  const json = await runCli(['status', '--json'], env());
+  assert.equal(json.code, 3, json.stderr);
+  const status = JSON.parse(json.stdout) as Status;
+  const of = (table: string) => status.tables.find((t) => t.table === table);
+  assert.deepEqual(of('public.quiet')?.triggersDisabled, [
+    '_pg2kafka_insert on quiet',
+    '_pg2kafka_insert on quiet_1',
+    '_pg2kafka_update on quiet_1',
+  ]);
+  assert.deepEqual(of('public.loud')?.triggersMissing, ['_pg2kafka_delete']);
+  assert.deepEqual(status.attention, [
+    'public.loud: capture triggers are missing (_pg2kafka_delete), so its changes are not captured: run pg2kafka teardown and pg2kafka setup again',
+    'public.quiet: capture triggers do not fire for ordinary writes (_pg2kafka_insert on quiet, _pg2kafka_insert on quiet_1, _pg2kafka_update on quiet_1): enable them (ALTER TABLE … ENABLE TRIGGER …); changes made meanwhile were not captured, pg2kafka resnapshot sends the rows again',
+  ]);
+  const text = await runCli(['status'], env());
+  assert.equal(text.code, 3);
+  assert.match(text.stdout, /^attention:\n {2}public\.loud: capture triggers are missing/m);
+
+  // Dropped with an event still queued: shown, shipped under its recorded name.
+  await db.sql`select pg2kafka.teardown('quiet')`;
+  await db.sql`insert into loud values (1)`;
+  await db.sql`drop table loud`;
+  const dropped = JSON.parse((await runCli(['status', '--json'], env())).stdout) as Status;
+  assert.deepEqual(
+    dropped.tables.map((t) => [t.table, t.dropped, t.queued]),
+    [['public.loud (dropped)', true, 1]],
+  );
+  await db.sql`delete from pg2kafka.captured_changes`;
 });

@@ -234,8 +234,9 @@ test('dead-letters --table shows one table; none at all says so', async () => {
   // A dropped table keeps its dead letters, found by the name it had.
   await db.sql`drop table dl_table_b`;
   // status too still works with a set-up table dropped (format('%I') of no name raised).
+  // (Dead letters need attention: exit 3.)
   const status = await runCli(['status', '--json'], env());
-  assert.equal(status.code, 0, status.stderr);
+  assert.equal(status.code, 3, status.stderr);
   assert.ok(
     (JSON.parse(status.stdout) as Status).tables.some(
       (t) => t.table === 'public.dl_table_b (dropped)',
@@ -529,8 +530,9 @@ test('status counts the dead letters and the keys they park', async () => {
   const c1 = await change(db.sql`insert into dl_status values ('c', '1')`);
   const queued = await change(db.sql`insert into dl_status values ('d', '1')`);
 
+  // Events queued and no relay to ship them: exit 3 already.
   const empty = await runCli(['status', '--json'], env());
-  assert.equal(empty.code, 0, empty.stderr);
+  assert.equal(empty.code, 3, empty.stderr);
   assert.deepEqual((JSON.parse(empty.stdout) as Status).deadLetters, { total: 0, parkedKeys: 0 });
   const emptyText = await runCli(['status'], env());
   assert.equal(emptyText.stdout.split('\n')[2], 'dead letters: none');
@@ -543,14 +545,20 @@ test('status counts the dead letters and the keys they park', async () => {
     { id: c1, key: 'c', parked: false },
   ]);
   const json = await runCli(['status', '--json'], env());
-  assert.equal(json.code, 0, json.stderr);
+  assert.equal(json.code, 3, json.stderr);
   const status = JSON.parse(json.stdout) as Status;
   assert.deepEqual(status.deadLetters, { total: 4, parkedKeys: 2 });
+  assert.ok(
+    status.attention.includes(
+      '4 dead letter(s), Kafka refused them for good: pg2kafka dead-letters lists them',
+    ),
+    status.attention.join('\n'),
+  );
   assert.equal(status.queue.events, 1);
   assert.deepEqual(await queue(), [[queued, 'INSERT', 'd']]);
 
   const text = await runCli(['status'], env());
-  assert.equal(text.code, 0, text.stderr);
+  assert.equal(text.code, 3, text.stderr);
   const lines = text.stdout.split('\n');
   assert.equal(lines[0], 'relay: none active');
   assert.match(lines[1] ?? '', /^queue: 1 event\(s\), oldest \d+\.\d s old$/);

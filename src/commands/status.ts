@@ -20,7 +20,13 @@ table, the dead letters (events Kafka refused for good) and how many keys they p
 whether a relay is active (and which one), each online snapshot still pending (rows
 copied of about how many, rate and time left, when it started), and a transaction that
 has held vacuum back for more than 5 minutes (the queue cannot be cleaned while it stays
-open). --json prints the same as JSON (with the oldest such transaction whatever its age).
+open). Then what needs attention, each with what to do: events queued with no active
+relay, a key column renamed or dropped, capture triggers disabled or missing, dead
+letters, such a transaction. --json prints the same as JSON (with the oldest such
+transaction whatever its age, and the list as "attention").
+
+Exit codes: 0 nothing needs attention, 3 something does (listed), 1 the status could not
+be read (PostgreSQL unreachable), 2 bad usage or configuration.
 `;
 
 export interface Status {
@@ -35,6 +41,15 @@ export interface Status {
     capturing: boolean;
     /** False when the external id column was renamed or dropped: keys come out NULL. */
     keyColumnExists: boolean;
+    /**
+     * Capture triggers that do not fire for ordinary writes (ALTER TABLE … DISABLE TRIGGER,
+     * or ENABLE REPLICA TRIGGER), on the table or a partition, as "trigger on table".
+     */
+    triggersDisabled: string[];
+    /** Capture triggers missing from a table still captured (dropped by hand). */
+    triggersMissing: string[];
+    /** The table was dropped; its queued events still ship, under the names recorded. */
+    dropped: boolean;
     queued: number;
     oldestAgeSeconds: number | null;
   }>;
@@ -49,6 +64,8 @@ export interface Status {
   >;
   /** The session whose transaction or snapshot is the oldest in this database, if any. */
   vacuumHolder: VacuumHolder | null;
+  /** What needs someone's attention; `pg2kafka status` exits 3 when this is not empty. */
+  attention: string[];
 }
 
 /**
@@ -77,6 +94,9 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
         full_row: boolean;
         capturing: boolean;
         key_exists: boolean;
+        disabled: string[];
+        missing: string[];
+        dropped: boolean;
         queued: string;
         oldest: number | null;
       }[]
@@ -88,6 +108,20 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
              not exists (select 1 from unnest(t.key_columns) k(name)
                          where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
                                            and a.attname = k.name and not a.attisdropped)) as key_exists,
+             -- 'D': disabled; 'R': fires only under session_replication_role = replica.
+             array(select format('%s on %s', tg.tgname, tg.tgrelid::regclass)
+                   from pg_trigger tg
+                   where c.oid is not null and t.capturing and tg.tgname like '\_pg2kafka\_%'
+                     and tg.tgenabled in ('D', 'R')
+                     and tg.tgrelid in (select p.relid from pg_partition_tree(t.table_oid) p)
+                   order by 1) as disabled,
+             array(select e.name from unnest(array['_pg2kafka_insert', '_pg2kafka_update',
+                                                   '_pg2kafka_delete', '_pg2kafka_truncate']) e(name)
+                   where c.oid is not null and t.capturing
+                     and not exists (select 1 from pg_trigger tg
+                                     where tg.tgrelid = t.table_oid and tg.tgname = e.name)
+                   order by 1) as missing,
+             c.oid is null as dropped,
              coalesce(q.queued, 0)::text as queued, q.oldest
       from pg2kafka.tracked_tables t
       left join pg_class c on c.oid = t.table_oid
@@ -124,7 +158,7 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
     const holder = await vacuumHolder(sql);
     const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
     const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
-    return {
+    const status: Status = {
       relay: {
         active: lease?.active ?? false,
         holder: lease?.active ? lease.holder : null,
@@ -138,15 +172,62 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
         fullRow: t.full_row,
         capturing: t.capturing,
         keyColumnExists: t.key_exists,
+        triggersDisabled: t.disabled,
+        triggersMissing: t.missing,
+        dropped: t.dropped,
         queued: Number(t.queued),
         oldestAgeSeconds: t.oldest,
       })),
       snapshots,
       vacuumHolder: holder ?? null,
+      attention: [],
     };
+    status.attention = attentionOf(status);
+    return status;
   } finally {
     await sql.end({ timeout: 2 });
   }
+}
+
+/** What in `status` needs someone to act, each with what to do. */
+export function attentionOf(status: Status): string[] {
+  const list: string[] = [];
+  if (!status.relay.active && status.queue.events > 0) {
+    list.push(
+      `no relay is active and ${status.queue.events} event(s) are queued: start pg2kafka relay`,
+    );
+  } else if (!status.relay.active && status.snapshots.length > 0) {
+    list.push(
+      `no relay is active to copy ${status.snapshots.length} pending snapshot(s): start pg2kafka relay, or run pg2kafka snapshot`,
+    );
+  }
+  for (const t of status.tables) {
+    if (!t.keyColumnExists && !t.dropped) {
+      list.push(
+        `${t.table}: its key column ${t.externalIdColumn} was renamed or dropped, so its events get no key: run pg2kafka teardown and pg2kafka setup again`,
+      );
+    }
+    if (t.triggersDisabled.length > 0) {
+      list.push(
+        `${t.table}: capture triggers do not fire for ordinary writes (${t.triggersDisabled.join(', ')}): enable them (ALTER TABLE … ENABLE TRIGGER …); changes made meanwhile were not captured, pg2kafka resnapshot sends the rows again`,
+      );
+    }
+    if (t.triggersMissing.length > 0) {
+      list.push(
+        `${t.table}: capture triggers are missing (${t.triggersMissing.join(', ')}), so its changes are not captured: run pg2kafka teardown and pg2kafka setup again`,
+      );
+    }
+  }
+  if (status.deadLetters.total > 0) {
+    list.push(
+      `${status.deadLetters.total} dead letter(s), Kafka refused them for good: pg2kafka dead-letters lists them`,
+    );
+  }
+  const holder = status.vacuumHolder;
+  if (holder && (holder.transactionSeconds ?? 0) * 1000 >= VACUUM_WARN_AFTER_MS) {
+    list.push(`vacuum: ${describeVacuumHolder(holder)}`);
+  }
+  return list;
 }
 
 function formatDeadLetterCounts(deadLetters: Status['deadLetters']): string {
@@ -193,5 +274,7 @@ export function formatStatus(status: Status): string {
   if (holder && (holder.transactionSeconds ?? 0) * 1000 >= VACUUM_WARN_AFTER_MS) {
     lines.push(`vacuum: ${describeVacuumHolder(holder)}`);
   }
+  const others = status.attention.filter((a) => !a.startsWith('vacuum: '));
+  if (others.length > 0) lines.push('attention:', ...others.map((a) => `  ${a}`));
   return `${lines.join('\n')}\n`;
 }

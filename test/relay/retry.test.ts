@@ -388,12 +388,13 @@ test('pg2kafka dead-letters lists what the relay set aside', async () => {
     );
     assert.match(text.stdout, /^1 dead letter\(s\); retry with: /m);
 
+    // A dead letter needs attention: status exits 3.
     const status = await cli(['status', '--json']);
-    assertSucceeded(status, 'status --json');
+    assert.equal(status.code, 3, status.stderr);
     const parsed = JSON.parse(status.stdout) as Status;
     assert.deepEqual(parsed.deadLetters, { total: 1, parkedKeys: 1 });
     const plain = await cli(['status']);
-    assertSucceeded(plain, 'status');
+    assert.equal(plain.code, 3, plain.stderr);
     assert.match(plain.stdout, /^dead letters: 1, parking 1 key\(s\)/m);
 
     // Leave the database as found: nothing set aside.
