@@ -33,6 +33,8 @@ export interface Config {
   leaderYieldAfterMs: number;
   /** The port of /healthz, /readyz, /metrics and /status; 0: any free port; undefined: none. */
   httpPort: number | undefined;
+  /** Whether HTTP_PORT was set (the default port in use is then not fatal). */
+  httpPortSet: boolean;
   logLevel: string;
   autoCreateTopics: boolean;
   /** undefined: the broker's default. */
@@ -429,6 +431,7 @@ export function parseConfig(
     leaderYieldAfterMs:
       parseWholeNumber(env, 'LEADER_YIELD_AFTER_MS', 1_000, 3_600_000, problems) ?? 60_000,
     httpPort: parseHttpPort(env, problems),
+    httpPortSet: read(env, 'HTTP_PORT') !== undefined,
     logLevel,
     autoCreateTopics: parseBoolean(env, 'AUTO_CREATE_TOPICS', true, problems),
     topicPartitions: parseWholeNumber(env, 'TOPIC_PARTITIONS', 1, 10_000, problems),

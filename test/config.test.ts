@@ -68,6 +68,7 @@ const DEFAULTS: Config = {
   pollIntervalMs: 500,
   leaderYieldAfterMs: 60_000,
   httpPort: 9898,
+  httpPortSet: false,
   logLevel: 'info',
   autoCreateTopics: true,
   topicPartitions: undefined,
@@ -125,6 +126,8 @@ test('a .env copied from .env.example, as its header says to, is a valid configu
   assert.deepEqual(config, {
     ...DEFAULTS,
     databaseUrl: 'postgres://postgres@127.0.0.1:5432/postgres',
+    // Written out in the file: set, though to the default.
+    httpPortSet: true,
   });
 });
 

@@ -308,35 +308,56 @@ function diagnoser(
 }
 
 /**
- * The HTTP endpoints (src/ops/http.ts) on HTTP_PORT, when it is not off. A port in use
- * stops the start (exit 2): a probe pointed at it would be answered by something else.
+ * The HTTP endpoints (src/ops/http.ts) on HTTP_PORT, from the start (they answer
+ * "starting" until the relay is attached). A port in use stops the start (exit 2) when
+ * HTTP_PORT was set: a probe pointed at it would be answered by something else. The
+ * default port in use (a second relay on the host, DRY_RUN beside the active relay) is
+ * a warning, and the relay runs without endpoints.
  */
-async function serveEndpoints(
-  config: Config,
-  log: Logger,
-  parts: { relay: Relay; sql: postgres.Sql; sink: EventSink },
-): Promise<Endpoints | undefined> {
+async function openEndpoints(config: Config, log: Logger): Promise<Endpoints | undefined> {
   if (config.httpPort === undefined) return undefined;
-  const metrics = new RelayMetrics(parts.relay, parts.sql);
-  const endpoints = new Endpoints({
-    ...parts,
-    metrics,
-    status: () => statusCommand(config),
-  });
+  const endpoints = new Endpoints();
   try {
     const port = await endpoints.listen(config.httpPort);
     log.info({ port }, `HTTP endpoints on port ${port}: /healthz /readyz /metrics /status`);
+    return endpoints;
   } catch (error) {
     const code = (error as { code?: unknown }).code;
-    throw new UsageError(
-      `cannot serve HTTP_PORT ${config.httpPort} (${error instanceof Error ? error.message : String(error)}): ${
-        code === 'EADDRINUSE'
-          ? 'another process listens on it; set HTTP_PORT to a free port, or HTTP_PORT=off'
-          : 'set HTTP_PORT to a port this process may listen on, or HTTP_PORT=off'
-      }`,
+    const why = error instanceof Error ? error.message : String(error);
+    const what =
+      code === 'EADDRINUSE'
+        ? 'another process listens on it; set HTTP_PORT to a free port, or HTTP_PORT=off'
+        : 'set HTTP_PORT to a port this process may listen on, or HTTP_PORT=off';
+    if (config.httpPortSet) {
+      throw new UsageError(`cannot serve HTTP_PORT ${config.httpPort} (${why}): ${what}`);
+    }
+    log.warn(
+      { port: config.httpPort, err: error },
+      `no HTTP endpoints: cannot serve the default port ${config.httpPort} (${why}); ${what}`,
     );
+    return undefined;
   }
-  return endpoints;
+}
+
+/** Hands the running relay to the endpoints, with a small pool of their own. */
+function attachEndpoints(
+  endpoints: Endpoints | undefined,
+  config: Config,
+  parts: { relay: Relay; sink: EventSink },
+): void {
+  if (!endpoints) return;
+  const sql = openPool(config.databaseUrl, {
+    max: 1,
+    idleTimeoutS: 60,
+    // A scrape or a probe never waits long on a slow database.
+    connection: { application_name: 'pg2kafka relay endpoints', statement_timeout: 2_000 },
+  });
+  endpoints.attach({
+    ...parts,
+    sql,
+    metrics: new RelayMetrics(parts.relay, sql),
+    status: () => statusCommand(config),
+  });
 }
 
 export interface RunningRelay {
@@ -370,7 +391,15 @@ export async function startRelay(
     log.warn('KAFKA_TLS_REJECT_UNAUTHORIZED=false: broker certificates are NOT verified');
   }
   const stop = options.stop ?? new StopSignal();
-  if (!(await prepareDatabase(config, log, stop))) return undefined;
+  const endpoints = await openEndpoints(config, log);
+  const started = await prepareDatabase(config, log, stop).catch(async (error: unknown) => {
+    await within(1_000, endpoints?.close());
+    throw error;
+  });
+  if (!started) {
+    await within(1_000, endpoints?.close());
+    return undefined;
+  }
 
   const sql = openPool(config.databaseUrl, {
     max: 3,
@@ -403,14 +432,7 @@ export async function startRelay(
   });
   logRelayEvents(relay, log);
   logFlow(relay, log, sql, options.flowLogEveryMs ?? FLOW_LOG_MS);
-  const endpoints = await serveEndpoints(config, log, { relay, sql, sink }).catch(
-    async (error: unknown) => {
-      await within(1_000, idleFlag?.close());
-      await within(1_000, sink.close());
-      await within(1_000, sql.end({ timeout: 1 }));
-      throw error;
-    },
-  );
+  attachEndpoints(endpoints, config, { relay, sink });
   const vacuumWatch = new VacuumWatch(sql, log, options.vacuumWatch);
   vacuumWatch.start();
   const snapshots = new SnapshotRunner(

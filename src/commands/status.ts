@@ -111,7 +111,11 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
              -- 'D': disabled; 'R': fires only under session_replication_role = replica.
              array(select format('%s on %s', tg.tgname, tg.tgrelid::regclass)
                    from pg_trigger tg
-                   where c.oid is not null and t.capturing and tg.tgname like '\_pg2kafka\_%'
+                   -- The capturing triggers, also by their names before 0.1.0 (migrate renames
+                   -- them); not the wake-up trigger, which captures nothing.
+                   where c.oid is not null and t.capturing
+                     and tg.tgname in ('_pg2kafka_insert', '_pg2kafka_update', '_pg2kafka_delete', '_pg2kafka_truncate',
+                                       'pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate')
                      and tg.tgenabled in ('D', 'R')
                      and tg.tgrelid in (select p.relid from pg_partition_tree(t.table_oid) p)
                    order by 1) as disabled,
@@ -119,7 +123,8 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
                                                    '_pg2kafka_delete', '_pg2kafka_truncate']) e(name)
                    where c.oid is not null and t.capturing
                      and not exists (select 1 from pg_trigger tg
-                                     where tg.tgrelid = t.table_oid and tg.tgname = e.name)
+                                     where tg.tgrelid = t.table_oid
+                                       and tg.tgname in (e.name, substr(e.name, 2)))
                    order by 1) as missing,
              c.oid is null as dropped,
              coalesce(q.queued, 0)::text as queued, q.oldest

@@ -22,9 +22,11 @@ export const LIVENESS_MS = 120_000;
 /** How long a readiness check waits for the database or Kafka. */
 export const PROBE_TIMEOUT_MS = 3_000;
 
-export interface EndpointsOptions {
+/** What the endpoints answer from, once the relay has started. */
+export interface RelayParts {
   relay: Relay;
   metrics: RelayMetrics;
+  /** A pool of the endpoints' own (closed with them): the relay's is for shipping. */
   sql: postgres.Sql;
   sink: EventSink;
   /** What `pg2kafka status --json` shows. */
@@ -62,10 +64,18 @@ async function check(what: string, run: () => Promise<unknown>): Promise<string 
   }
 }
 
+/**
+ * Served from the start of the process: while the relay waits for PostgreSQL (or
+ * migrates), /healthz answers alive and /readyz not ready ("starting"), so that an
+ * orchestrator waits rather than restarting it. attach() hands over the running relay.
+ */
 export class Endpoints {
   private server: Server | undefined;
+  private options: RelayParts | undefined;
 
-  constructor(private readonly options: EndpointsOptions) {}
+  attach(parts: RelayParts): void {
+    this.options = parts;
+  }
 
   /** Listens on `port` (0: any free port); resolves with the port it got. */
   async listen(port: number, host?: string): Promise<number> {
@@ -79,6 +89,8 @@ export class Endpoints {
       server.once('error', reject);
       server.listen(port, host, () => {
         server.off('error', reject);
+        // A failed accept (too many open files) must not stop the relay.
+        server.on('error', () => undefined);
         resolve();
       });
     });
@@ -87,13 +99,15 @@ export class Endpoints {
 
   async close(): Promise<void> {
     const { server } = this;
-    if (!server) return;
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => {
-      server.close(() => {
-        resolve();
+    if (server) {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => {
+        server.close(() => {
+          resolve();
+        });
       });
-    });
+    }
+    await this.options?.sql.end({ timeout: 1 });
   }
 
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
@@ -102,9 +116,22 @@ export class Endpoints {
       send(response, 405, { error: 'only GET' });
       return;
     }
+    const parts = this.options;
+    if (!parts) {
+      // Starting: alive, not ready, nothing else to say yet.
+      if (path === '/healthz') send(response, 200, { alive: true, starting: true });
+      else if (path === '/readyz') {
+        send(response, 503, {
+          ready: false,
+          role: 'starting',
+          problems: ['starting: waiting for PostgreSQL, or migrating'],
+        });
+      } else send(response, 503, { error: 'starting: waiting for PostgreSQL, or migrating' });
+      return;
+    }
     switch (path) {
       case '/healthz': {
-        const loop = this.options.relay.liveness();
+        const loop = parts.relay.liveness();
         const alive = loop.sinceTickMs < LIVENESS_MS || loop.sleepLeftMs > 0;
         send(response, alive ? 200 : 503, {
           alive,
@@ -113,7 +140,7 @@ export class Endpoints {
         return;
       }
       case '/readyz': {
-        const { relay, sql, sink } = this.options;
+        const { relay, sql, sink } = parts;
         const loop = relay.liveness();
         const problems = [
           await check('PostgreSQL', () => sql`select 1`),
@@ -129,23 +156,23 @@ export class Endpoints {
         return;
       }
       case '/metrics': {
-        const text = await this.options.metrics.text();
-        response.writeHead(200, { 'content-type': this.options.metrics.registry.contentType });
+        const text = await parts.metrics.text();
+        response.writeHead(200, { 'content-type': parts.metrics.registry.contentType });
         response.end(text);
         return;
       }
       case '/status': {
-        const loop = this.options.relay.liveness();
+        const loop = parts.relay.liveness();
         const status = await probe(
-          this.options.status().catch((error: unknown) => ({ error: message(error) })),
+          parts.status().catch((error: unknown) => ({ error: message(error) })),
           PROBE_TIMEOUT_MS,
         );
         send(response, 200, {
           relay: {
-            holder: this.options.relay.holder,
+            holder: parts.relay.holder,
             role: loop.active ? 'active' : 'standby',
             epoch: loop.epoch ?? null,
-            heldTopics: this.options.metrics.heldTopicList(),
+            heldTopics: parts.metrics.heldTopicList(),
           },
           status:
             status === TIMED_OUT

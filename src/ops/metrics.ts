@@ -36,13 +36,55 @@ export async function readQueue(
   return { events: Number(row?.events ?? 0), oldestSeconds: row?.oldest ?? 0 };
 }
 
+/** How long a scrape waits for the database; then the database gauges are left out. */
+const SCRAPE_READ_MS = 2_000;
+
+type SnapshotRow = Awaited<ReturnType<typeof pendingSnapshots>>[number];
+
+interface ScrapeReads {
+  ok: boolean;
+  queue?: { events: number; oldestSeconds: number };
+  snapshots?: SnapshotRow[];
+}
+
+/**
+ * One read of the database per scrape, shared by the gauges that need it, bounded in
+ * time: a database that is down or slow leaves those gauges at the last value read (and
+ * pg2kafka_database_read_ok at 0) instead of failing or stalling the whole scrape.
+ */
+function scrapeReader(sql: postgres.Sql): () => Promise<ScrapeReads> {
+  let last: { at: number; reads: Promise<ScrapeReads> } | undefined;
+  return () => {
+    const now = performance.now();
+    if (last && now - last.at < 1_000) return last.reads;
+    let timer: NodeJS.Timeout | undefined;
+    const reads = Promise.race([
+      Promise.all([readQueue(sql), pendingSnapshots(sql)]).then(
+        ([queue, snapshots]): ScrapeReads => ({ ok: true, queue, snapshots }),
+        (): ScrapeReads => ({ ok: false }),
+      ),
+      new Promise<ScrapeReads>((resolve) => {
+        timer = setTimeout(() => {
+          resolve({ ok: false });
+        }, SCRAPE_READ_MS);
+      }),
+    ]).finally(() => {
+      clearTimeout(timer);
+    });
+    last = { at: now, reads };
+    return reads;
+  };
+}
+
 export class RelayMetrics {
   readonly registry = new Registry();
   /** Topics held back now, with why and for which tables (from the relay's events). */
   private readonly heldTopics = new Map<string, { tables: string[]; reason: string }>();
 
+  /** `sql`: a pool of its own (the relay's connections are for shipping). */
   constructor(relay: Relay, sql: postgres.Sql) {
     const registers = [this.registry];
+    const read = scrapeReader(sql);
     collectDefaultMetrics({ register: this.registry });
     const published = new Counter({
       name: 'pg2kafka_events_published_total',
@@ -97,42 +139,63 @@ export class RelayMetrics {
         held.set(this.heldTopics.size);
       },
     });
+    const readOk = new Gauge({
+      name: 'pg2kafka_database_read_ok',
+      help: '1 when this scrape read the queue and snapshot gauges from PostgreSQL, 0 when it could not (they keep the last value read).',
+      registers,
+      collect: async () => {
+        readOk.set((await read()).ok ? 1 : 0);
+      },
+    });
     const queued = new Gauge({
       name: 'pg2kafka_queued_events',
       help: 'Events waiting in the queue (read from the database at each scrape).',
       registers,
+      collect: async () => {
+        const { queue } = await read();
+        if (queue) queued.set(queue.events);
+      },
     });
     const oldest = new Gauge({
       name: 'pg2kafka_oldest_event_age_seconds',
       help: 'Age of the oldest queued event, 0 when none: the number to alert on.',
       registers,
       collect: async () => {
-        const queue = await readQueue(sql);
-        queued.set(queue.events);
-        oldest.set(queue.oldestSeconds);
+        const { queue } = await read();
+        if (queue) oldest.set(queue.oldestSeconds);
       },
     });
-    const snapshotDone = new Gauge({
-      name: 'pg2kafka_snapshot_rows_done',
-      help: 'Rows a running online snapshot has copied, by table.',
-      labelNames: ['table'],
-      registers,
-      collect: async () => {
-        snapshotDone.reset();
-        snapshotEstimated.reset();
-        for (const p of await pendingSnapshots(sql)) {
-          snapshotDone.set({ table: p.qualified }, p.rowsDone);
-          if (p.rowsEstimated !== null)
-            snapshotEstimated.set({ table: p.qualified }, p.rowsEstimated);
-        }
-      },
-    });
-    const snapshotEstimated = new Gauge({
-      name: 'pg2kafka_snapshot_rows_estimated',
-      help: 'Rows a running online snapshot is estimated to copy in all, by table.',
-      labelNames: ['table'],
-      registers,
-    });
+    const snapshotGauge = (
+      name: string,
+      help: string,
+      value: (p: SnapshotRow) => number | null,
+    ): void => {
+      const gauge: Gauge = new Gauge({
+        name,
+        help,
+        labelNames: ['table'],
+        registers,
+        collect: async () => {
+          const { snapshots } = await read();
+          if (!snapshots) return;
+          gauge.reset();
+          for (const p of snapshots) {
+            const v = value(p);
+            if (v !== null) gauge.set({ table: p.qualified }, v);
+          }
+        },
+      });
+    };
+    snapshotGauge(
+      'pg2kafka_snapshot_rows_done',
+      'Rows a running online snapshot has copied, by table.',
+      (p) => p.rowsDone,
+    );
+    snapshotGauge(
+      'pg2kafka_snapshot_rows_estimated',
+      'Rows a running online snapshot is estimated to copy in all, by table.',
+      (p) => p.rowsEstimated,
+    );
     active.set(0);
     relay.on((event: RelayEvent) => {
       switch (event.type) {
@@ -153,6 +216,8 @@ export class RelayMetrics {
         case 'leadership':
           active.set(event.active ? 1 : 0);
           leadershipChanges.inc();
+          // A standby holds nothing back; the next leader finds the holds again.
+          if (!event.active) this.heldTopics.clear();
           break;
         case 'topic-held':
           this.heldTopics.set(event.topic, { tables: event.tables, reason: event.reason });

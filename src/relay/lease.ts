@@ -93,7 +93,12 @@ export class LeaseKeeper {
         this.onLost(lease, 'lease lost to another relay');
       }
     } catch {
-      // The database is unreachable: the lease is trusted until trustedUntil, then dropped.
+      // The database is unreachable: the lease is trusted until trustedUntil, then dropped
+      // here, so that this relay stops counting itself active while a standby may ship.
+      if (this.lease === lease && performance.now() >= this.trustedUntil) {
+        await this.drop(false);
+        this.onLost(lease, 'lease not renewed in time (database unreachable?)');
+      }
     }
   }
 }

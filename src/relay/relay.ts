@@ -439,6 +439,7 @@ export class Relay {
     for (const problem of await sink.prepareTopics(usable)) {
       this.hold(ledger, problem.topic, problem.reason, problem.retriable);
     }
+    this.tickedAt = performance.now();
 
     const messages = events.map((e, i) => toMessage(e, topics[i] as string, naming.database));
     const sendable: number[] = [];
@@ -459,7 +460,11 @@ export class Relay {
       sendable,
       maxRequestBytes: this.options.maxRequestBytes ?? MAX_REQUEST_BYTES,
       // A pause (GC, a frozen VM, an unreachable database) may have outlived the lease.
-      trusted: () => dryRun || this.leases.trusted(lease),
+      // Each request is progress: a batch of many slow requests is not a stuck loop.
+      trusted: () => {
+        this.tickedAt = performance.now();
+        return dryRun || this.leases.trusted(lease);
+      },
     });
     if (report.untrusted) {
       await this.resign('lease not trusted any more before sending; the rest stays queued', false);

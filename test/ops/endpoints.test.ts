@@ -136,6 +136,11 @@ test('a PostgreSQL outage: alive, not ready; ready again once it is back', async
   const down = (await getJson(port, '/readyz')).json as { problems: string[] };
   assert.match(down.problems.join(' | '), /^PostgreSQL: /);
   assert.equal((await get(port, '/healthz')).status, 200, 'alive while PostgreSQL is down');
+  // A scrape is still answered; what only the database knows keeps its last value.
+  const scrape = await get(port, '/metrics');
+  assert.equal(scrape.status, 200);
+  assert.match(scrape.body, /^pg2kafka_database_read_ok 0$/m);
+  assert.match(scrape.body, /^pg2kafka_relay_active [01]$/m);
   proxy.goUp();
   await waitFor('ready again', async () => (await get(port, '/readyz')).status === 200, 30_000);
   assert.equal((await r.stop()).code, 0);
@@ -236,5 +241,59 @@ test('while events flow the relay logs a line per interval: events, rate, lag, q
     );
   } finally {
     await running.shutdown();
+  }
+});
+
+test('while the relay waits for PostgreSQL at start it is alive and not ready ("starting")', async () => {
+  const proxy = await startProxy();
+  proxy.goDown();
+  const r = relay({ DATABASE_URL: proxy.url(db.url) });
+  const port = await portOf(r);
+  assert.deepEqual(await getJson(port, '/healthz'), {
+    status: 200,
+    json: { alive: true, starting: true },
+  });
+  assert.deepEqual(await getJson(port, '/readyz'), {
+    status: 503,
+    json: {
+      ready: false,
+      role: 'starting',
+      problems: ['starting: waiting for PostgreSQL, or migrating'],
+    },
+  });
+  proxy.goUp();
+  await r.waitForLog('active: shipping events', 30_000);
+  await waitFor('ready', async () => (await get(port, '/readyz')).status === 200);
+  assert.equal((await r.stop()).code, 0);
+});
+
+test('the default port in use: a warning, and the relay ships without endpoints', async () => {
+  const other = createServer();
+  // Taken here, or already taken by someone else: either way in use.
+  await new Promise<void>((resolve) => {
+    other.once('error', () => {
+      resolve();
+    });
+    other.listen(9898, resolve);
+  });
+  try {
+    const { running, lines } = await inProcessRelay(db.url, kafka, {}, { HTTP_PORT: undefined });
+    try {
+      await waitFor('the relay active', () =>
+        lines.some((l) => l.msg === 'active: shipping events'),
+      );
+      assert.ok(
+        lines.some(
+          (l) =>
+            l.level === 40 &&
+            l.msg.startsWith('no HTTP endpoints: cannot serve the default port 9898'),
+        ),
+        lines.map((l) => l.msg).join('\n'),
+      );
+    } finally {
+      await running.shutdown();
+    }
+  } finally {
+    other.close();
   }
 });

@@ -296,7 +296,7 @@ export async function inProcessRelay(
   databaseUrl: string,
   kafka: TestKafka,
   options: Parameters<typeof startRelay>[2] = {},
-  env: Record<string, string> = {},
+  env: Record<string, string | undefined> = {},
 ): Promise<{ running: RunningRelay; lines: LogLine[] }> {
   const lines: LogLine[] = [];
   const logger = createLogger('info', {
