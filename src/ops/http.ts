@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import type postgres from 'postgres';
 import type { EventSink } from '../kafka/sink.ts';
 import type { Relay } from '../relay/relay.ts';
+import { settleWithin, TIMED_OUT } from '../relay/within.ts';
 import type { RelayMetrics } from './metrics.ts';
 
 /** The loop is stuck when it has neither turned nor meant to sleep for this long. */
@@ -33,23 +34,6 @@ export interface RelayParts {
   status: () => Promise<unknown>;
 }
 
-const TIMED_OUT = Symbol('timed out');
-
-/** Settles with `promise`'s value, or TIMED_OUT after `ms`. */
-async function probe<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
-    timer = setTimeout(() => {
-      resolve(TIMED_OUT);
-    }, ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -57,7 +41,7 @@ function message(error: unknown): string {
 /** Runs a check: undefined when it passed, else what went wrong. */
 async function check(what: string, run: () => Promise<unknown>): Promise<string | undefined> {
   try {
-    const result = await probe(run(), PROBE_TIMEOUT_MS);
+    const result = await settleWithin(run(), PROBE_TIMEOUT_MS);
     return result === TIMED_OUT ? `${what}: no answer within ${PROBE_TIMEOUT_MS} ms` : undefined;
   } catch (error) {
     return `${what}: ${message(error)}`;
@@ -163,7 +147,7 @@ export class Endpoints {
       }
       case '/status': {
         const loop = parts.relay.liveness();
-        const status = await probe(
+        const status = await settleWithin(
           parts.status().catch((error: unknown) => ({ error: message(error) })),
           PROBE_TIMEOUT_MS,
         );

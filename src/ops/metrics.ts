@@ -11,6 +11,7 @@ import type postgres from 'postgres';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Relay, RelayEvent } from '../relay/relay.ts';
 import { pendingSnapshots } from '../relay/snapshots.ts';
+import { settleWithin, TIMED_OUT } from '../relay/within.ts';
 
 /** Buckets of the end-to-end lag, seconds: from a few ms to an hour behind. */
 const LAG_BUCKETS = [
@@ -57,20 +58,13 @@ function scrapeReader(sql: postgres.Sql): () => Promise<ScrapeReads> {
   return () => {
     const now = performance.now();
     if (last && now - last.at < 1_000) return last.reads;
-    let timer: NodeJS.Timeout | undefined;
-    const reads = Promise.race([
+    const reads = settleWithin(
       Promise.all([readQueue(sql), pendingSnapshots(sql)]).then(
         ([queue, snapshots]): ScrapeReads => ({ ok: true, queue, snapshots }),
         (): ScrapeReads => ({ ok: false }),
       ),
-      new Promise<ScrapeReads>((resolve) => {
-        timer = setTimeout(() => {
-          resolve({ ok: false });
-        }, SCRAPE_READ_MS);
-      }),
-    ]).finally(() => {
-      clearTimeout(timer);
-    });
+      SCRAPE_READ_MS,
+    ).then((reads) => (reads === TIMED_OUT ? { ok: false } : reads));
     last = { at: now, reads };
     return reads;
   };
