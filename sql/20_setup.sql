@@ -415,8 +415,17 @@ BEGIN
       USING HINT = format('To change its settings, call pg2kafka.teardown(%L) first.', qualified);
     RETURN;
   END IF;
+  -- Queued events take the key of the table's current setup when they ship: another key
+  -- would change theirs. Except for events whose rows lack the old key columns (renamed
+  -- or dropped: the relay holds them back, keyless): they have no key to change, and
+  -- setting the table up with a column they have is how they get one.
   IF FOUND AND (registered.key_columns <> key_names OR registered.full_row <> full_row)
-     AND EXISTS (SELECT 1 FROM pg2kafka.captured_changes q WHERE q.table_oid = table_name_ref) THEN
+     AND EXISTS (
+       SELECT 1 FROM pg2kafka.captured_changes q
+       WHERE q.table_oid = table_name_ref
+         AND (registered.full_row <> full_row
+              OR (SELECT pg_catalog.bool_and((coalesce(q.new_row, q.old_row) OPERATOR(pg_catalog.->) k.name) IS NOT NULL)
+                  FROM pg_catalog.unnest(registered.key_columns) AS k(name)))) THEN
     RAISE EXCEPTION '% still has queued events captured with %',
       qualified, pg2kafka.key_phrase(registered.key_columns) || CASE WHEN registered.full_row THEN ' in full-row mode' ELSE '' END
       USING ERRCODE = 'object_in_use',

@@ -426,7 +426,7 @@ test('status flags a table whose external id column was renamed', async () => {
   );
   assert.ok(
     status.attention.includes(
-      'public.renamed_key: its key column id was renamed or dropped, so its events get no key: run pg2kafka teardown and pg2kafka setup again',
+      'public.renamed_key: its key column id was renamed or dropped, so the relay holds its events back (they have no key): run pg2kafka teardown and pg2kafka setup again with a column it has',
     ),
     status.attention.join('\n'),
   );

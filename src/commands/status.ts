@@ -209,7 +209,7 @@ export function attentionOf(status: Status): string[] {
   for (const t of status.tables) {
     if (!t.keyColumnExists && !t.dropped) {
       list.push(
-        `${t.table}: its key column ${t.externalIdColumn} was renamed or dropped, so its events get no key: run pg2kafka teardown and pg2kafka setup again`,
+        `${t.table}: its key column ${t.externalIdColumn} was renamed or dropped, so the relay holds its events back (they have no key): run pg2kafka teardown and pg2kafka setup again with a column it has`,
       );
     }
     if (t.triggersDisabled.length > 0) {

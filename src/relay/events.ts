@@ -28,6 +28,8 @@ export interface CapturedChange {
   oldRow: string | null;
   newKey: string | null;
   oldKey: string | null;
+  /** The table's key columns, as a JSON array of their names. */
+  keyColumns: string;
   /** An UPDATE's changed columns as JSON text; null when not needed. */
   changedColumns: string | null;
   /** created_at in epoch microseconds, as a decimal string. */
@@ -50,6 +52,22 @@ export interface QueuedEvent {
   timestampMs: string;
   /** The message value: the original pg2kafka's JSON, row data passed through as text. */
   value: string;
+  /**
+   * Key columns its row image does not have (renamed or dropped since setup): such an
+   * event has no key, and must not ship. Absent when the key is there (even if NULL).
+   */
+  keyMissing?: string[];
+}
+
+/**
+ * The key columns a row image lacks. Only asked when a key came out NULL (or, for a key
+ * of several columns, holds a null), which is rare: a nullable key column's NULL, or a
+ * column gone. So the row is parsed only then.
+ */
+function missingKeyColumns(row: string | null, keyColumns: string): string[] {
+  if (row === null) return [];
+  const image = JSON.parse(row) as Record<string, unknown>;
+  return (JSON.parse(keyColumns) as string[]).filter((column) => !Object.hasOwn(image, column));
 }
 
 /**
@@ -92,7 +110,15 @@ export class EventBuilder {
       data: string | null,
     ): QueuedEvent => {
       const uuid = nameUuid(part === 0 ? `${change.id}:old-key` : change.id, namespace);
+      const missing =
+        (externalId === null || externalId.includes('null')) && statement !== 'TRUNCATE'
+          ? missingKeyColumns(
+              part === 0 || eventStatement === 'DELETE' ? oldRow : newRow,
+              change.keyColumns,
+            )
+          : [];
       return {
+        ...(missing.length > 0 ? { keyMissing: missing } : {}),
         id: change.id,
         part,
         tableOid: change.tableOid,

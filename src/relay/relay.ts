@@ -450,6 +450,12 @@ export class Relay {
         ledger.record(i, { status: 'follower' });
         continue;
       }
+      if (e.keyMissing) {
+        // Keyless events would scatter over the partitions and lose per-key order: the
+        // table waits, from this event on, for a person to say what its key is now.
+        this.hold(ledger, topics[i] as string, keyMissingReason(e, e.keyMissing), false);
+        continue;
+      }
       sendable.push(i);
     }
     const parkKeys = this.options.deadLetterPolicy === 'park-key';
@@ -559,4 +565,16 @@ export class Relay {
       this.tickedAt = performance.now();
     });
   }
+}
+
+/** Why a table's events wait when its rows lack the key columns, and what to do. */
+function keyMissingReason(e: QueuedEvent, columns: string[]): string {
+  const table = `${e.schemaName}.${e.tableName}`;
+  const names = columns.map((c) => JSON.stringify(c)).join(', ');
+  return (
+    `its rows have no key column ${names} since change #${e.id} (renamed or dropped after setup), ` +
+    `and events without a key would lose their order: set the table up again keyed by a column ` +
+    `it has (pg2kafka teardown ${table}, then pg2kafka setup ${table} <column>); the queued events ` +
+    `then ship keyed by that column`
+  );
 }

@@ -536,3 +536,78 @@ test('DEAD_LETTER_POLICY=skip sets the event aside and keeps shipping its key', 
     loggedDeadLetter(r);
   });
 });
+
+test('a table whose key column was renamed is held back from the first keyless event, and ships once set up with the new name', async () => {
+  const t = uniqueName('rekeyed');
+  await db.sql`create table ${db.sql(t)} (id int primary key, sku text not null unique, note text)`;
+  await db.sql`select pg2kafka.setup(${t}::regclass, 'sku')`;
+  await kafka.createTopic(topicOf(t));
+  await db.sql`insert into ${db.sql(t)} values (1, 'a1', 'before'), (2, 'a2', 'before')`;
+  await db.sql`alter table ${db.sql(t)} rename column sku to code`;
+  await db.sql`insert into ${db.sql(t)} values (3, 'b3', 'after')`;
+  await db.sql`update ${db.sql(t)} set note = 'after' where id = 1`;
+  await db.sql`delete from ${db.sql(t)} where id = 2`;
+  const ids = await changeIds(t);
+  assert.equal(ids.length, 5);
+
+  const c = await collectTopic(topicOf(t));
+  const r = relay();
+  try {
+    await settle(() => c.received.length >= 2 && logged(r, /stay queued/, t), 20_000);
+    // Long enough for a keyless event to arrive if it were sent.
+    await sleep(3000);
+    const held = r.logs.find((l) => /stay queued/.test(l.msg) && JSON.stringify(l).includes(t));
+    assert.deepEqual(
+      {
+        arrived: byKey(c.received),
+        queued: await queued(t),
+        heldReasonNamesTheColumn: /"sku"/.test(String(held?.msg)),
+        heldReasonSaysWhatToDo: /pg2kafka setup/.test(String(held?.msg)),
+        relay: await relayState(r),
+      },
+      {
+        arrived: ['a1 INSERT', 'a2 INSERT'],
+        queued: [
+          `#${String(ids[2])} INSERT 3`,
+          `#${String(ids[3])} UPDATE 1`,
+          `#${String(ids[4])} DELETE 2`,
+        ],
+        heldReasonNamesTheColumn: true,
+        heldReasonSaysWhatToDo: true,
+        relay: 'running',
+      },
+    );
+    assert.equal((await r.stop()).code, 0);
+
+    // What the hold says to do: set the table up again keyed by the new name. The held
+    // events then ship keyed by it, ahead of the new snapshot.
+    await db.sql`select pg2kafka.teardown(${t}::regclass)`;
+    await db.sql`select pg2kafka.setup(${t}::regclass, 'code')`;
+    const again = relay();
+    try {
+      await settle(async () => c.received.length >= 7 && (await queued(t)).length === 0, 20_000);
+      await sleep(1000);
+      assert.deepEqual(
+        { arrived: byKey(c.received), queued: await queued(t) },
+        {
+          arrived: [
+            'a1 INSERT',
+            'a1 UPDATE',
+            'a1 SNAPSHOT',
+            'a2 INSERT',
+            'a2 DELETE',
+            'b3 INSERT',
+            'b3 SNAPSHOT',
+          ],
+          queued: [],
+        },
+      );
+      assert.equal((await again.stop()).code, 0);
+    } finally {
+      await finish(again, [t]);
+    }
+  } finally {
+    await c.stop();
+    await finish(r, [t]);
+  }
+});
