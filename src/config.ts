@@ -35,6 +35,8 @@ export interface Config {
   httpPort: number | undefined;
   /** Whether HTTP_PORT was set (the default port in use is then not fatal). */
   httpPortSet: boolean;
+  /** The address the endpoints listen on; undefined: every interface. */
+  httpHost: string | undefined;
   logLevel: string;
   autoCreateTopics: boolean;
   /** undefined: the broker's default. */
@@ -131,6 +133,12 @@ export const VARIABLES: VariableSpec[] = [
     default: '9898',
     meaning:
       "port of the relay's /healthz, /readyz, /metrics (Prometheus) and /status; off: no HTTP endpoint (0: any free port)",
+  },
+  {
+    name: 'HTTP_HOST',
+    default: '',
+    meaning:
+      'the address the HTTP endpoints listen on, e.g. 127.0.0.1 to serve this host only (default: every interface)',
   },
   {
     name: 'LOG_LEVEL',
@@ -432,6 +440,7 @@ export function parseConfig(
       parseWholeNumber(env, 'LEADER_YIELD_AFTER_MS', 1_000, 3_600_000, problems) ?? 60_000,
     httpPort: parseHttpPort(env, problems),
     httpPortSet: read(env, 'HTTP_PORT') !== undefined,
+    httpHost: read(env, 'HTTP_HOST'),
     logLevel,
     autoCreateTopics: parseBoolean(env, 'AUTO_CREATE_TOPICS', true, problems),
     topicPartitions: parseWholeNumber(env, 'TOPIC_PARTITIONS', 1, 10_000, problems),

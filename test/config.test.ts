@@ -69,6 +69,7 @@ const DEFAULTS: Config = {
   leaderYieldAfterMs: 60_000,
   httpPort: 9898,
   httpPortSet: false,
+  httpHost: undefined,
   logLevel: 'info',
   autoCreateTopics: true,
   topicPartitions: undefined,

@@ -40,7 +40,7 @@ import { SnapshotRunner, type SnapshotRunnerOptions } from '../relay/snapshots.t
 import { within } from '../relay/within.ts';
 import { Endpoints } from '../ops/http.ts';
 import { readQueue, RelayMetrics } from '../ops/metrics.ts';
-import { statusCommand } from './status.ts';
+import { readStatus } from './status.ts';
 
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
 /** How long shutdown waits for the loop's batch in flight before closing under it. */
@@ -318,8 +318,13 @@ async function openEndpoints(config: Config, log: Logger): Promise<Endpoints | u
   if (config.httpPort === undefined) return undefined;
   const endpoints = new Endpoints();
   try {
-    const port = await endpoints.listen(config.httpPort);
-    log.info({ port }, `HTTP endpoints on port ${port}: /healthz /readyz /metrics /status`);
+    const port = await endpoints.listen(config.httpPort, config.httpHost);
+    const where =
+      config.httpHost === undefined ? `port ${port}` : `${config.httpHost} port ${port}`;
+    log.info(
+      { port, host: config.httpHost },
+      `HTTP endpoints on ${where}: /healthz /readyz /metrics /status`,
+    );
     return endpoints;
   } catch (error) {
     const code = (error as { code?: unknown }).code;
@@ -327,9 +332,12 @@ async function openEndpoints(config: Config, log: Logger): Promise<Endpoints | u
     const what =
       code === 'EADDRINUSE'
         ? 'another process listens on it; set HTTP_PORT to a free port, or HTTP_PORT=off'
-        : 'set HTTP_PORT to a port this process may listen on, or HTTP_PORT=off';
-    if (config.httpPortSet) {
-      throw new UsageError(`cannot serve HTTP_PORT ${config.httpPort} (${why}): ${what}`);
+        : config.httpHost === undefined
+          ? 'set HTTP_PORT to a port this process may listen on, or HTTP_PORT=off'
+          : 'set HTTP_HOST to an address of this host (or leave it unset for every interface), and HTTP_PORT to a port this process may listen on';
+    if (config.httpPortSet || config.httpHost !== undefined) {
+      const on = config.httpHost === undefined ? '' : ` on HTTP_HOST ${config.httpHost}`;
+      throw new UsageError(`cannot serve HTTP_PORT ${config.httpPort}${on} (${why}): ${what}`);
     }
     log.warn(
       { port: config.httpPort, err: error },
@@ -347,7 +355,8 @@ function attachEndpoints(
 ): void {
   if (!endpoints) return;
   const sql = openPool(config.databaseUrl, {
-    max: 1,
+    // Two: a /status read (a count of the whole queue) never makes a probe wait.
+    max: 2,
     idleTimeoutS: 60,
     // A scrape or a probe never waits long on a slow database.
     connection: { application_name: 'pg2kafka relay endpoints', statement_timeout: 2_000 },
@@ -356,7 +365,7 @@ function attachEndpoints(
     ...parts,
     sql,
     metrics: new RelayMetrics(parts.relay, sql),
-    status: () => statusCommand(config),
+    status: () => readStatus(sql),
   });
 }
 

@@ -1,4 +1,5 @@
 /** `pg2kafka status`: what is tracked, how much is queued, whether a relay is active. */
+import type postgres from 'postgres';
 import { checkSchema } from '../capture/schema.ts';
 import type { Config } from '../config.ts';
 import { checkConnection, openPool } from '../database.ts';
@@ -80,118 +81,123 @@ export async function statusCommand(config: Config, warnings: string[] = []): Pr
   try {
     await checkConnection(sql, config.databaseUrl);
     warnings.push(...(await checkSchema(sql)).warnings);
-    const [lease] = await sql<
-      { active: boolean; holder: string | null; expires_in_ms: number | null }[]
-    >`
-      select expires_at > clock_timestamp() as active, holder,
-             case when expires_at > clock_timestamp()
-                  then (extract(epoch from expires_at - clock_timestamp()) * 1000)::int end as expires_in_ms
-      from pg2kafka.relay_lease`;
-    const tables = await sql<
-      {
-        table: string;
-        column: string;
-        full_row: boolean;
-        capturing: boolean;
-        key_exists: boolean;
-        disabled: string[];
-        missing: string[];
-        dropped: boolean;
-        queued: string;
-        oldest: number | null;
-      }[]
-    >`
-      -- format's %I raises on NULL: a dropped table (no pg_class row) takes its recorded name.
-      select case when c.oid is null then format('%I.%I', t.schema_name, t.table_name) || ' (dropped)'
-                  else format('%I.%I', n.nspname, c.relname) end as table,
-             t.external_id_column as column, t.full_row, t.capturing,
-             not exists (select 1 from unnest(t.key_columns) k(name)
-                         where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
-                                           and a.attname = k.name and not a.attisdropped)) as key_exists,
-             -- 'D': disabled; 'R': fires only under session_replication_role = replica.
-             array(select format('%s on %s', tg.tgname, tg.tgrelid::regclass)
-                   from pg_trigger tg
-                   -- The capturing triggers, also by their names before 0.1.0 (migrate renames
-                   -- them); not the wake-up trigger, which captures nothing.
-                   where c.oid is not null and t.capturing
-                     and tg.tgname in ('_pg2kafka_insert', '_pg2kafka_update', '_pg2kafka_delete', '_pg2kafka_truncate',
-                                       'pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate')
-                     and tg.tgenabled in ('D', 'R')
-                     and tg.tgrelid in (select p.relid from pg_partition_tree(t.table_oid) p)
-                   order by 1) as disabled,
-             array(select e.name from unnest(array['_pg2kafka_insert', '_pg2kafka_update',
-                                                   '_pg2kafka_delete', '_pg2kafka_truncate']) e(name)
-                   where c.oid is not null and t.capturing
-                     and not exists (select 1 from pg_trigger tg
-                                     where tg.tgrelid = t.table_oid
-                                       and tg.tgname in (e.name, substr(e.name, 2)))
-                   order by 1) as missing,
-             c.oid is null as dropped,
-             coalesce(q.queued, 0)::text as queued, q.oldest
-      from pg2kafka.tracked_tables t
-      left join pg_class c on c.oid = t.table_oid
-      left join pg_namespace n on n.oid = c.relnamespace
-      left join (
-        select table_oid, count(*) as queued,
-               extract(epoch from clock_timestamp() - min(created_at))::float8 as oldest
-        from pg2kafka.captured_changes group by table_oid
-      ) q on q.table_oid = t.table_oid
-      where t.capturing or q.queued > 0
-      order by 1`;
-    const [counts] = await sql<{ total: string; parked_keys: string }[]>`
-      select (select count(*) from pg2kafka.dead_letters)::text as total,
-             (select count(*) from (
-                select distinct d.table_oid, k
-                from pg2kafka.dead_letters d, unnest(d.keys) k
-                where d.parked) p)::text as parked_keys`;
-    const deadLetters = {
-      total: Number(counts?.total ?? 0),
-      parkedKeys: Number(counts?.parked_keys ?? 0),
-    };
-    const now = Date.now();
-    const snapshots = (await pendingSnapshotList(sql)).map((p) => {
-      const rate = snapshotRate(p, now);
-      return {
-        ...p,
-        rowsPerSecond: Math.round(rate),
-        secondsLeft:
-          p.rowsEstimated !== null && rate > 0 && p.rowsEstimated > p.rowsDone
-            ? Math.ceil((p.rowsEstimated - p.rowsDone) / rate)
-            : null,
-      };
-    });
-    const holder = await vacuumHolder(sql);
-    const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
-    const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
-    const status: Status = {
-      relay: {
-        active: lease?.active ?? false,
-        holder: lease?.active ? lease.holder : null,
-        expiresInMs: lease?.expires_in_ms ?? null,
-      },
-      queue: { events: queued, oldestAgeSeconds: ages.length > 0 ? Math.max(...ages) : null },
-      deadLetters,
-      tables: tables.map((t) => ({
-        table: t.table,
-        externalIdColumn: t.column,
-        fullRow: t.full_row,
-        capturing: t.capturing,
-        keyColumnExists: t.key_exists,
-        triggersDisabled: t.disabled,
-        triggersMissing: t.missing,
-        dropped: t.dropped,
-        queued: Number(t.queued),
-        oldestAgeSeconds: t.oldest,
-      })),
-      snapshots,
-      vacuumHolder: holder ?? null,
-      attention: [],
-    };
-    status.attention = attentionOf(status);
-    return status;
+    return await readStatus(sql);
   } finally {
     await sql.end({ timeout: 2 });
   }
+}
+
+/** Reads the status through `sql` (the relay's /status uses its endpoints' pool). */
+export async function readStatus(sql: postgres.Sql): Promise<Status> {
+  const [lease] = await sql<
+    { active: boolean; holder: string | null; expires_in_ms: number | null }[]
+  >`
+    select expires_at > clock_timestamp() as active, holder,
+           case when expires_at > clock_timestamp()
+                then (extract(epoch from expires_at - clock_timestamp()) * 1000)::int end as expires_in_ms
+    from pg2kafka.relay_lease`;
+  const tables = await sql<
+    {
+      table: string;
+      column: string;
+      full_row: boolean;
+      capturing: boolean;
+      key_exists: boolean;
+      disabled: string[];
+      missing: string[];
+      dropped: boolean;
+      queued: string;
+      oldest: number | null;
+    }[]
+  >`
+    -- format's %I raises on NULL: a dropped table (no pg_class row) takes its recorded name.
+    select case when c.oid is null then format('%I.%I', t.schema_name, t.table_name) || ' (dropped)'
+                else format('%I.%I', n.nspname, c.relname) end as table,
+           t.external_id_column as column, t.full_row, t.capturing,
+           not exists (select 1 from unnest(t.key_columns) k(name)
+                       where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
+                                         and a.attname = k.name and not a.attisdropped)) as key_exists,
+           -- 'D': disabled; 'R': fires only under session_replication_role = replica.
+           array(select format('%s on %s', tg.tgname, tg.tgrelid::regclass)
+                 from pg_trigger tg
+                 -- The capturing triggers, also by their names before 0.1.0 (migrate renames
+                 -- them); not the wake-up trigger, which captures nothing.
+                 where c.oid is not null and t.capturing
+                   and tg.tgname in ('_pg2kafka_insert', '_pg2kafka_update', '_pg2kafka_delete', '_pg2kafka_truncate',
+                                     'pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate')
+                   and tg.tgenabled in ('D', 'R')
+                   and tg.tgrelid in (select p.relid from pg_partition_tree(t.table_oid) p)
+                 order by 1) as disabled,
+           array(select e.name from unnest(array['_pg2kafka_insert', '_pg2kafka_update',
+                                                 '_pg2kafka_delete', '_pg2kafka_truncate']) e(name)
+                 where c.oid is not null and t.capturing
+                   and not exists (select 1 from pg_trigger tg
+                                   where tg.tgrelid = t.table_oid
+                                     and tg.tgname in (e.name, substr(e.name, 2)))
+                 order by 1) as missing,
+           c.oid is null as dropped,
+           coalesce(q.queued, 0)::text as queued, q.oldest
+    from pg2kafka.tracked_tables t
+    left join pg_class c on c.oid = t.table_oid
+    left join pg_namespace n on n.oid = c.relnamespace
+    left join (
+      select table_oid, count(*) as queued,
+             extract(epoch from clock_timestamp() - min(created_at))::float8 as oldest
+      from pg2kafka.captured_changes group by table_oid
+    ) q on q.table_oid = t.table_oid
+    where t.capturing or q.queued > 0
+    order by 1`;
+  const [counts] = await sql<{ total: string; parked_keys: string }[]>`
+    select (select count(*) from pg2kafka.dead_letters)::text as total,
+           (select count(*) from (
+              select distinct d.table_oid, k
+              from pg2kafka.dead_letters d, unnest(d.keys) k
+              where d.parked) p)::text as parked_keys`;
+  const deadLetters = {
+    total: Number(counts?.total ?? 0),
+    parkedKeys: Number(counts?.parked_keys ?? 0),
+  };
+  const now = Date.now();
+  const snapshots = (await pendingSnapshotList(sql)).map((p) => {
+    const rate = snapshotRate(p, now);
+    return {
+      ...p,
+      rowsPerSecond: Math.round(rate),
+      secondsLeft:
+        p.rowsEstimated !== null && rate > 0 && p.rowsEstimated > p.rowsDone
+          ? Math.ceil((p.rowsEstimated - p.rowsDone) / rate)
+          : null,
+    };
+  });
+  const holder = await vacuumHolder(sql);
+  const queued = tables.reduce((n, t) => n + Number(t.queued), 0);
+  const ages = tables.map((t) => t.oldest).filter((a): a is number => a !== null);
+  const status: Status = {
+    relay: {
+      active: lease?.active ?? false,
+      holder: lease?.active ? lease.holder : null,
+      expiresInMs: lease?.expires_in_ms ?? null,
+    },
+    queue: { events: queued, oldestAgeSeconds: ages.length > 0 ? Math.max(...ages) : null },
+    deadLetters,
+    tables: tables.map((t) => ({
+      table: t.table,
+      externalIdColumn: t.column,
+      fullRow: t.full_row,
+      capturing: t.capturing,
+      keyColumnExists: t.key_exists,
+      triggersDisabled: t.disabled,
+      triggersMissing: t.missing,
+      dropped: t.dropped,
+      queued: Number(t.queued),
+      oldestAgeSeconds: t.oldest,
+    })),
+    snapshots,
+    vacuumHolder: holder ?? null,
+    attention: [],
+  };
+  status.attention = attentionOf(status);
+  return status;
 }
 
 /** What in `status` needs someone to act, each with what to do. */

@@ -6,13 +6,15 @@
  *   /readyz   the database answers and, for the active relay, Kafka does; a standby is
  *             ready too. The body says the role.
  *   /metrics  Prometheus text (metrics.ts).
- *   /status   what `pg2kafka status --json` shows, plus this relay's own state.
+ *   /status   what `pg2kafka status --json` shows (without query text, read at most
+ *             once per STATUS_REUSE_MS), plus this relay's own state.
  * Every answer is JSON except /metrics; a probe that takes longer than PROBE_TIMEOUT_MS
  * counts as failed.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type postgres from 'postgres';
+import type { Status } from '../commands/status.ts';
 import type { EventSink } from '../kafka/sink.ts';
 import type { Relay } from '../relay/relay.ts';
 import { settleWithin, TIMED_OUT } from '../relay/within.ts';
@@ -22,6 +24,8 @@ import type { RelayMetrics } from './metrics.ts';
 export const LIVENESS_MS = 120_000;
 /** How long a readiness check waits for the database or Kafka. */
 export const PROBE_TIMEOUT_MS = 3_000;
+/** How long one read of the status answers /status. */
+export const STATUS_REUSE_MS = 2_000;
 
 /** What the endpoints answer from, once the relay has started. */
 export interface RelayParts {
@@ -31,7 +35,17 @@ export interface RelayParts {
   sql: postgres.Sql;
   sink: EventSink;
   /** What `pg2kafka status --json` shows. */
-  status: () => Promise<unknown>;
+  status: () => Promise<Status>;
+}
+
+/**
+ * The status as /status serves it: without the query text of the transaction holding
+ * vacuum back, which can carry data (the endpoints have no authentication);
+ * `pg2kafka status` shows it.
+ */
+function withoutQueryText(status: Status): Status {
+  const holder = status.vacuumHolder;
+  return holder ? { ...status, vacuumHolder: { ...holder, query: undefined } } : status;
 }
 
 function message(error: unknown): string {
@@ -56,6 +70,29 @@ async function check(what: string, run: () => Promise<unknown>): Promise<string 
 export class Endpoints {
   private server: Server | undefined;
   private options: RelayParts | undefined;
+  /** The last status read: requests within STATUS_REUSE_MS (or while it runs) share it. */
+  private statusRead: { at: number; status: Promise<unknown> } | undefined;
+
+  /**
+   * The status, read at most once per STATUS_REUSE_MS however often /status is asked (it
+   * counts the whole queue), bounded by PROBE_TIMEOUT_MS.
+   */
+  private status(parts: RelayParts): Promise<unknown> {
+    const now = performance.now();
+    if (this.statusRead && now - this.statusRead.at < STATUS_REUSE_MS) {
+      return this.statusRead.status;
+    }
+    const status = settleWithin(
+      parts.status().then(withoutQueryText, (error: unknown) => ({ error: message(error) })),
+      PROBE_TIMEOUT_MS,
+    ).then((read) =>
+      read === TIMED_OUT
+        ? { error: `no answer from PostgreSQL within ${PROBE_TIMEOUT_MS} ms` }
+        : read,
+    );
+    this.statusRead = { at: now, status };
+    return status;
+  }
 
   attach(parts: RelayParts): void {
     this.options = parts;
@@ -147,10 +184,7 @@ export class Endpoints {
       }
       case '/status': {
         const loop = parts.relay.liveness();
-        const status = await settleWithin(
-          parts.status().catch((error: unknown) => ({ error: message(error) })),
-          PROBE_TIMEOUT_MS,
-        );
+        const status = await this.status(parts);
         send(response, 200, {
           relay: {
             holder: parts.relay.holder,
@@ -158,10 +192,7 @@ export class Endpoints {
             epoch: loop.epoch ?? null,
             heldTopics: parts.metrics.heldTopicList(),
           },
-          status:
-            status === TIMED_OUT
-              ? { error: `no answer from PostgreSQL within ${PROBE_TIMEOUT_MS} ms` }
-              : status,
+          status,
         });
         return;
       }

@@ -82,14 +82,14 @@ export class RelayMetrics {
     collectDefaultMetrics({ register: this.registry });
     const published = new Counter({
       name: 'pg2kafka_events_published_total',
-      help: 'Events Kafka acknowledged, by table (schema.table) and statement.',
+      help: 'Events Kafka acknowledged (with DRY_RUN: printed), by table (schema.table) and statement.',
       labelNames: ['table', 'statement'],
       registers,
     });
     const errors = new Counter({
       name: 'pg2kafka_publish_errors_total',
-      help: 'Failed attempts to ship (the relay retries), by reason.',
-      labelNames: ['reason'],
+      help: 'Failed attempts (the relay retries), by stage (ship: a batch; floor: the queue floor kept in the background) and reason.',
+      labelNames: ['stage', 'reason'],
       registers,
     });
     const deadLetters = new Counter({
@@ -202,7 +202,7 @@ export class RelayMetrics {
           batchEvents.observe(event.events);
           break;
         case 'error':
-          errors.inc({ reason: reasonOf(event.error) });
+          errors.inc({ stage: event.stage, reason: reasonOf(event.error) });
           break;
         case 'dead-letter':
           deadLetters.inc();
@@ -210,8 +210,6 @@ export class RelayMetrics {
         case 'leadership':
           active.set(event.active ? 1 : 0);
           leadershipChanges.inc();
-          // A standby holds nothing back; the next leader finds the holds again.
-          if (!event.active) this.heldTopics.clear();
           break;
         case 'topic-held':
           this.heldTopics.set(event.topic, { tables: event.tables, reason: event.reason });

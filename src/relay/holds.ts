@@ -87,7 +87,7 @@ export class HoldList {
     return [...new Set([...this.held.values()].flatMap((h) => [...h.tableOids]))];
   }
 
-  /** Ends the holds that are due; returns them. */
+  /** Ends the holds that are due (every hold with `now` = Infinity); returns them. */
   releaseDue(now = performance.now()): Array<{ topic: string; tables: string[] }> {
     const released: Array<{ topic: string; tables: string[] }> = [];
     for (const [topic, hold] of this.held) {

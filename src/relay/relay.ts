@@ -40,7 +40,7 @@ import { RECORD_REFUSALS } from '../kafka/errors.ts';
 import type { EventSink } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
 import { within } from './within.ts';
-import { BatchLedger, toMessage } from './batch.ts';
+import { BatchLedger, toMessage, type BatchOutcome } from './batch.ts';
 import { DeadLetterStore, ParkedKeys, type DeadLetterEntry } from './dead-letters.ts';
 import { FLOOR_INTERVAL_MS, FloorKeeper } from './floor.ts';
 import { HoldList } from './holds.ts';
@@ -356,13 +356,24 @@ export class Relay {
   private lostLease(lease: Lease, reason: string): void {
     this.prefetched = undefined;
     this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
+    this.releaseHolds();
   }
 
   /** Stops leading; releases the lease in the database unless it is already gone. */
   private async resign(reason: string, release = true): Promise<void> {
     this.prefetched = undefined;
     const lease = await this.leases.drop(release);
-    if (lease) this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
+    if (lease) {
+      this.emit({ type: 'leadership', active: false, epoch: lease.epoch, reason });
+      this.releaseHolds();
+    }
+  }
+
+  /** A standby holds nothing back: as leader again, it finds what still fails anew. */
+  private releaseHolds(): void {
+    for (const released of this.holds.releaseDue(Infinity)) {
+      this.emit({ type: 'topic-released', ...released });
+    }
   }
 
   private async topicNaming(): Promise<TopicNaming> {
@@ -517,8 +528,23 @@ export class Relay {
       }
     }
     if (!complete) this.prefetched = undefined;
+    // What left the queue is counted even when Kafka was lost midway (then back off).
+    this.emitBatch(events, outcome, started, fetchMs);
     // Kafka unreachable: what it acknowledged before is deleted; now back off.
     if (report.error) throw report.error;
+    return batch.full ? 'full' : 'partial';
+  }
+
+  /**
+   * The batch's lifecycle event: the events of the changes that left the queue (both
+   * halves of a key change, or neither), by table and statement, and their lag.
+   */
+  private emitBatch(
+    events: QueuedEvent[],
+    outcome: BatchOutcome,
+    started: number,
+    fetchMs: number,
+  ): void {
     const ackedAt = Date.now();
     const deleted = new Set(outcome.deleteIds);
     const published = new Map<string, { table: string; statement: string; events: number }>();
@@ -534,7 +560,7 @@ export class Relay {
     }
     this.emit({
       type: 'batch',
-      events: outcome.acked,
+      events: lagsMs.length,
       changes: outcome.deleteIds.length,
       topics: outcome.ackedTopics.size,
       ms: Math.round(performance.now() - started),
@@ -543,7 +569,6 @@ export class Relay {
       published: [...published.values()],
       lagsMs,
     });
-    return batch.full ? 'full' : 'partial';
   }
 
   /** Waits `ms`, or less if stop() (or, when wakeable, wake()) comes first. */

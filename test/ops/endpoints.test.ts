@@ -20,8 +20,8 @@ const NO_BROKER = '127.0.0.1:1';
 
 /** The port `r` serves its endpoints on (it logs it at start). */
 async function portOf(r: RelayProcess): Promise<number> {
-  const line = await r.waitForLog('HTTP endpoints on port');
-  const port = Number(/on port (\d+)/.exec(line.msg)?.[1]);
+  const line = await r.waitForLog('HTTP endpoints on');
+  const port = Number(/ port (\d+)/.exec(line.msg)?.[1]);
   assert.ok(port > 0, line.msg);
   return port;
 }
@@ -29,8 +29,9 @@ async function portOf(r: RelayProcess): Promise<number> {
 async function get(
   port: number,
   path: string,
+  host = '127.0.0.1',
 ): Promise<{ status: number; body: string; type: string | null }> {
-  const response = await fetch(`http://127.0.0.1:${port}${path}`);
+  const response = await fetch(`http://${host}:${port}${path}`);
   return {
     status: response.status,
     body: await response.text(),
@@ -38,8 +39,12 @@ async function get(
   };
 }
 
-async function getJson(port: number, path: string): Promise<{ status: number; json: unknown }> {
-  const { status, body } = await get(port, path);
+async function getJson(
+  port: number,
+  path: string,
+  host?: string,
+): Promise<{ status: number; json: unknown }> {
+  const { status, body } = await get(port, path, host);
   return { status, json: JSON.parse(body) as unknown };
 }
 
@@ -93,6 +98,34 @@ test('metrics after known work: N events published, lag observed, the queue empt
   assert.equal((await r.stop()).code, 0);
 });
 
+test('HTTP_HOST serves one address only; /status leaves out query text and reads once per 2 s', async () => {
+  // All of 127.0.0.0/8 is this host: 127.0.0.2 is an address the relay can bind alone.
+  const r = relay({ HTTP_HOST: '127.0.0.2' });
+  const port = await portOf(r);
+  await r.waitForLog('active: shipping events');
+  const holder = await db.sql.reserve();
+  try {
+    // A transaction holding vacuum back, whose query text carries a value.
+    await holder`begin isolation level repeatable read`;
+    await holder`select 'secret-value-42' as s`;
+    const first = await getJson(port, '/status', '127.0.0.2');
+    const second = await getJson(port, '/status', '127.0.0.2');
+    const status = first.json as {
+      status: { vacuumHolder: Record<string, unknown> | null; relay: { expiresInMs: number } };
+    };
+    assert.equal(first.status, 200);
+    assert.equal(typeof status.status.vacuumHolder?.pid, 'number', JSON.stringify(first.json));
+    assert.doesNotMatch(JSON.stringify(first.json), /secret-value-42/);
+    // The second request, within 2 s, is answered from the same read.
+    assert.deepEqual(second.json, first.json);
+    await assert.rejects(get(port, '/healthz', '127.0.0.1'), 'nothing answers on 127.0.0.1');
+  } finally {
+    await holder`rollback`;
+    holder.release();
+  }
+  assert.equal((await r.stop()).code, 0);
+});
+
 test('a broker outage: alive, not ready, the oldest event ages, errors are counted', async () => {
   await db.sql`create table pings (id int primary key)`;
   await db.sql`select pg2kafka.setup('pings')`;
@@ -102,7 +135,7 @@ test('a broker outage: alive, not ready, the oldest event ages, errors are count
   await db.sql`insert into pings values (1)`;
   await waitFor('a failed attempt', async () => {
     const { body } = await get(port, '/metrics');
-    return /^pg2kafka_publish_errors_total\{reason="[^"]+"\} [1-9]/m.test(body);
+    return /^pg2kafka_publish_errors_total\{stage="ship",reason="[^"]+"\} [1-9]/m.test(body);
   });
   const first = (await sample(port, 'pg2kafka_oldest_event_age_seconds')) ?? 0;
   await new Promise((resolve) => setTimeout(resolve, 1_100));

@@ -254,7 +254,53 @@ test('Kafka lost mid-batch: what it acknowledged before is deleted, so only the 
 
   assert.deepEqual(sink.ackedKeys(), ['midway:1', 'midway:2', 'midway:3', 'midway:4', 'midway:5']);
   assert.equal(events.filter((e) => e.type === 'error').length, 1);
+  // What the metrics count: every event published once, the two acked before the loss too.
+  const batches = events.flatMap((e) => (e.type === 'batch' ? [e] : []));
+  assert.deepEqual(
+    {
+      published: batches.flatMap((b) => b.published).reduce((n, p) => n + p.events, 0),
+      events: batches.reduce((n, b) => n + b.events, 0),
+      lags: batches.reduce((n, b) => n + b.lagsMs.length, 0),
+    },
+    { published: 5, events: 5, lags: 5 },
+  );
   await sql`select pg2kafka.teardown('midway')`;
+});
+
+test('a key change half acknowledged is counted once, when both halves are', async () => {
+  await sql`create table rekey (id int primary key)`;
+  await sql`select pg2kafka.setup('rekey', 'id')`;
+  await sql`insert into rekey values (1)`;
+  const sink = new FakeSink();
+  const events: RelayEvent[] = [];
+  const first = relayWith(sink);
+  first.on((e) => events.push(e));
+  await runUntilEmpty(first);
+  await sql`update rekey set id = 2`;
+  // The DELETE of key 1 is acknowledged, the INSERT of key 2 refused (retriable) once.
+  sink.answer = (messages, call) =>
+    Promise.resolve(
+      messages.map((_, i) =>
+        call === 2 && i === 1
+          ? { status: 'refused', retriable: true, code: 'NOT_ENOUGH_REPLICAS', reason: 'test' }
+          : { status: 'acked' },
+      ),
+    );
+  const relay = relayWith(sink, { holdBackoff: () => 10 });
+  relay.on((e) => events.push(e));
+  await runUntilEmpty(relay);
+
+  // Both halves are sent again: the DELETE of key 1 arrives twice (at least once).
+  assert.deepEqual(sink.ackedKeys(), ['rekey:1', 'rekey:1', 'rekey:1', 'rekey:2']);
+  const batches = events.flatMap((e) => (e.type === 'batch' ? [e] : []));
+  assert.deepEqual(
+    {
+      published: batches.flatMap((b) => b.published).map((p) => `${p.statement} ${p.events}`),
+      events: batches.reduce((n, b) => n + b.events, 0),
+    },
+    { published: ['INSERT 1', 'DELETE 1', 'INSERT 1'], events: 3 },
+  );
+  await sql`select pg2kafka.teardown('rekey')`;
 });
 
 test('a leader whose loop is stuck stops renewing its lease: a standby takes over and ships', async () => {
