@@ -3,7 +3,9 @@
  * default settings (acks = all), from the moment it holds the lease to an empty queue,
  * the count verified in Kafka; the relay's CPU seconds per 10k events and peak RSS, read
  * from /proc. Beside it, alternated in the same run, the same relay with the Kafka send
- * replaced by nothing (fetch + delete only): the difference is what Kafka costs.
+ * replaced by nothing (fetch + delete only): the difference is what Kafka costs; and the
+ * kafkajs relay scraped (/metrics and /status) every second, far more often than
+ * Prometheus would: the difference is what the endpoints cost.
  */
 import postgres from 'postgres';
 import type { BenchContext, Measure } from '../report.ts';
@@ -21,7 +23,41 @@ import {
   type Sink,
 } from '../support.ts';
 
-const VARIANTS: Sink[] = ['kafkajs', 'platformatic', 'discard'];
+/** `scraped`: kafkajs with /metrics and /status read every second during the drain. */
+type Variant = Sink | 'scraped';
+const VARIANTS: Variant[] = ['kafkajs', 'scraped', 'platformatic', 'discard'];
+
+/** How often the scraped variant reads /metrics and /status (Prometheus' default is 60 s). */
+const SCRAPE_EVERY_MS = 1_000;
+
+/**
+ * Reads /metrics and /status of the relay on `port` every SCRAPE_EVERY_MS until stopped;
+ * resolves to the number of scrapes. A failed scrape fails the run.
+ */
+function scrapeEvery(port: Promise<number>): { stop: () => Promise<number> } {
+  const state = { stopped: false };
+  const loop = (async () => {
+    const at = await port;
+    let scrapes = 0;
+    while (!state.stopped) {
+      for (const path of ['/metrics', '/status']) {
+        const response = await fetch(`http://127.0.0.1:${at}${path}`);
+        await response.text();
+        if (response.status !== 200) throw new Error(`scrape of ${path}: HTTP ${response.status}`);
+      }
+      scrapes += 1;
+      await sleep(SCRAPE_EVERY_MS);
+    }
+    return scrapes;
+  })();
+  loop.catch(() => undefined);
+  return {
+    stop: async () => {
+      state.stopped = true;
+      return loop;
+    },
+  };
+}
 
 interface DrainRun {
   eventsPerSecond: number;
@@ -33,9 +69,14 @@ interface DrainRun {
 
 export async function drainOnce(
   ctx: BenchContext,
-  variant: Sink,
+  variant: Variant,
   events: number,
 ): Promise<DrainRun> {
+  const sink: Sink = variant === 'scraped' ? 'kafkajs' : variant;
+  let reportPort: (port: number) => void = () => undefined;
+  const port = new Promise<number>((resolve) => {
+    reportPort = resolve;
+  });
   const db = await benchDatabase('drain');
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
   try {
@@ -46,10 +87,14 @@ export async function drainOnce(
     const relay = spawnRelay({
       databaseUrl: db.url,
       brokers: ctx.broker.brokers,
-      sink: variant,
+      sink,
+      onLog: (entry) => {
+        if (typeof entry.port === 'number') reportPort(entry.port);
+      },
     });
     try {
       await relay.active;
+      const scraper = variant === 'scraped' ? scrapeEvery(port) : undefined;
       const started = performance.now();
       const cpuAtStart = procStats(relay.pid).cpuSeconds;
       const machineAtStart = machineCpu();
@@ -64,6 +109,8 @@ export async function drainOnce(
       }
       const seconds = (performance.now() - started) / 1000;
       const machineAtEnd = machineCpu();
+      const scrapes = await scraper?.stop();
+      if (scraper && !scrapes) throw new Error('drain, scraped: no scrape completed');
       if (variant !== 'discard') {
         const inKafka = await messagesInTopic(ctx.broker.brokers, `pg2kafka.${db.name}.items`);
         if (inKafka < events) {
@@ -92,7 +139,7 @@ export async function drainOnce(
 export async function drain(ctx: BenchContext): Promise<Measure[]> {
   const rounds = ctx.quick ? 1 : 3;
   const events = ctx.quick ? 50_000 : 200_000;
-  const runs = new Map<Sink, DrainRun[]>(VARIANTS.map((v) => [v, []]));
+  const runs = new Map<Variant, DrainRun[]>(VARIANTS.map((v) => [v, []]));
   for (let round = 0; round < rounds; round += 1) {
     for (const variant of rotated(VARIANTS, round)) {
       const run = await drainOnce(ctx, variant, events);
@@ -102,8 +149,9 @@ export async function drain(ctx: BenchContext): Promise<Measure[]> {
       );
     }
   }
-  const label: Record<Sink, string> = {
+  const label: Record<Variant, string> = {
     kafkajs: `${events / 1000}k events to Kafka (kafkajs)`,
+    scraped: `${events / 1000}k events to Kafka (kafkajs), /metrics and /status read every ${SCRAPE_EVERY_MS / 1000} s`,
     platformatic: `${events / 1000}k events to Kafka (@platformatic/kafka)`,
     discard: `${events / 1000}k events, Kafka send replaced by nothing`,
   };
