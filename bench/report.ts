@@ -4,6 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
+import { createRequire } from 'node:module';
 import type { KafkaBroker } from '../scripts/kafka-broker.ts';
 import { median } from './support.ts';
 
@@ -111,6 +112,26 @@ export function machineFacts(postgresVersion: string, kafkaVersion: string): Mac
     node: process.version,
     postgres: postgresVersion,
     kafka: kafkaVersion,
-    kafkaClient: 'kafkajs 2.2.4',
+    kafkaClient: `kafkajs ${packageVersion('kafkajs')}, librdkafka ${librdkafkaVersion()} (@confluentinc/kafka-javascript ${packageVersion('@confluentinc/kafka-javascript')})`,
   };
+}
+
+const require = createRequire(import.meta.url);
+
+/** The installed version of a package, or "not installed". */
+function packageVersion(name: string): string {
+  try {
+    return (require(`${name}/package.json`) as { version: string }).version;
+  } catch {
+    return 'not installed';
+  }
+}
+
+function librdkafkaVersion(): string {
+  try {
+    return (require('@confluentinc/kafka-javascript') as { librdkafkaVersion: string })
+      .librdkafkaVersion;
+  } catch {
+    return 'not loadable';
+  }
 }

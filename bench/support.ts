@@ -100,7 +100,7 @@ export function machineCpu(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
-export type Sink = 'kafkajs' | 'platformatic' | 'discard';
+export type Sink = 'kafkajs' | 'rdkafka' | 'discard';
 
 export interface RelayProcess {
   child: ChildProcess;
@@ -111,9 +111,9 @@ export interface RelayProcess {
 }
 
 /**
- * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`, kafkajs), or
- * the same relay with another sink (dist/bench/relay-child.js: `discard` does nothing,
- * `platformatic` sends with @platformatic/kafka).
+ * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`) with kafkajs or
+ * (KAFKA_CLIENT=rdkafka) librdkafka, or the same relay with the Kafka send replaced by
+ * nothing (`discard`, dist/bench/relay-child.js).
  * Logs at info level are read for the "active" line; warnings and errors are passed on.
  */
 export function spawnRelay(options: {
@@ -127,7 +127,7 @@ export function spawnRelay(options: {
   onLog?: (entry: Record<string, unknown>) => void;
 }): RelayProcess {
   const sink = options.sink ?? 'kafkajs';
-  const entry = sink === 'kafkajs' ? ['dist/src/cli.js', 'relay'] : ['dist/bench/relay-child.js'];
+  const entry = sink === 'discard' ? ['dist/bench/relay-child.js'] : ['dist/src/cli.js', 'relay'];
   const child = spawn(process.execPath, entry, {
     cwd: ROOT,
     env: {
@@ -138,6 +138,7 @@ export function spawnRelay(options: {
       HTTP_PORT: '0',
       LOG_LEVEL: 'info',
       BENCH_SINK: sink,
+      KAFKA_CLIENT: sink === 'rdkafka' ? 'rdkafka' : 'kafkajs',
       ...options.env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -1,5 +1,5 @@
 /**
- * `npm test [-- file ...]`: checks PostgreSQL, provides Kafka, runs the test files with
+ * `npm test [-- file-or-folder ...]`: checks PostgreSQL, provides Kafka, runs the test files with
  * node's test runner, and always stops the broker it started.
  *
  * - DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) is the admin
@@ -78,7 +78,11 @@ async function main(): Promise<number> {
 
 async function runTests(databaseUrl: string, brokers: string, started: number): Promise<number> {
   const requested = process.argv.slice(2);
-  const files = requested.length > 0 ? requested : findTestFiles(TEST_ROOT);
+  // A folder stands for the test files under it.
+  const files =
+    requested.length > 0
+      ? requested.flatMap((r) => (statSync(r).isDirectory() ? findTestFiles(r) : [r]))
+      : findTestFiles(TEST_ROOT);
   log(`running ${files.length} test file(s)`);
   const child = spawn(
     process.execPath,

@@ -12,6 +12,10 @@ export type SaslMechanism = 'plain' | 'scram-sha-256' | 'scram-sha-512';
 export const DEAD_LETTER_POLICIES = ['park-key', 'hold-table', 'skip'] as const;
 export type DeadLetterPolicy = (typeof DEAD_LETTER_POLICIES)[number];
 
+/** The Kafka clients the relay can produce with. */
+export const KAFKA_CLIENTS = ['kafkajs', 'rdkafka'] as const;
+export type KafkaClient = (typeof KAFKA_CLIENTS)[number];
+
 export interface Config {
   databaseUrl: string;
   kafkaBrokers: string[];
@@ -23,6 +27,8 @@ export interface Config {
   batchSize: number;
   /** Most bytes of row data read per batch; one larger row still ships alone. */
   batchBytes: number;
+  /** The producer: kafkajs (JavaScript) or rdkafka (librdkafka, @confluentinc/kafka-javascript). */
+  kafkaClient: KafkaClient;
   /** What happens to an event Kafka refuses for good (see README "Dead letters"). */
   deadLetterPolicy: DeadLetterPolicy;
   /** Whether an idle relay asks writers to wake it with NOTIFY (off for two-phase commit). */
@@ -144,6 +150,12 @@ export const VARIABLES: VariableSpec[] = [
     name: 'LOG_LEVEL',
     default: 'info',
     meaning: 'fatal, error, warn, info, debug, trace or silent',
+  },
+  {
+    name: 'KAFKA_CLIENT',
+    default: 'kafkajs',
+    meaning:
+      'the producer: kafkajs, or rdkafka (librdkafka through @confluentinc/kafka-javascript: faster, encoding in C; an optional dependency that scripts/setup.sh builds where no prebuilt binary downloads)',
   },
   {
     name: 'KAFKA_CLIENT_ID',
@@ -343,6 +355,22 @@ function readPemFile(env: Env, name: string, problems: Problems): string | undef
   }
 }
 
+function parseChoice<T extends string>(
+  env: Env,
+  name: string,
+  choices: readonly T[],
+  fallback: T,
+  problems: Problems,
+): T {
+  const value = read(env, name)?.toLowerCase();
+  if (value === undefined) return fallback;
+  if (!choices.includes(value as T)) {
+    problems.add(`${name} must be one of ${choices.join(', ')}, got "${value}"`);
+    return fallback;
+  }
+  return value as T;
+}
+
 function parseDeadLetterPolicy(env: Env, problems: Problems): DeadLetterPolicy {
   const value = read(env, 'DEAD_LETTER_POLICY')?.toLowerCase();
   if (value === undefined) return 'park-key';
@@ -427,6 +455,7 @@ export function parseConfig(
     databaseUrl: parseDatabaseUrl(env, problems),
     kafkaBrokers: parseBrokers(env, dryRun || !needsKafka, problems),
     kafkaClientId: read(env, 'KAFKA_CLIENT_ID') ?? 'pg2kafka',
+    kafkaClient: parseChoice(env, 'KAFKA_CLIENT', KAFKA_CLIENTS, 'kafkajs', problems),
     topicPrefix: parseTopicPart(env, 'TOPIC_PREFIX', 'pg2kafka', problems) ?? 'pg2kafka',
     topicNamespace: parseTopicPart(env, 'TOPIC_NAMESPACE', undefined, problems),
     performMigrations: parseBoolean(env, 'PERFORM_MIGRATIONS', false, problems),

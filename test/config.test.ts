@@ -57,6 +57,7 @@ const DEFAULTS: Config = {
   databaseUrl: DATABASE_URL,
   kafkaBrokers: ['127.0.0.1:9092'],
   kafkaClientId: 'pg2kafka',
+  kafkaClient: 'kafkajs',
   topicPrefix: 'pg2kafka',
   topicNamespace: undefined,
   performMigrations: false,

@@ -25,7 +25,7 @@ import {
 
 /** `scraped`: kafkajs with /metrics and /status read every second during the drain. */
 type Variant = Sink | 'scraped';
-const VARIANTS: Variant[] = ['kafkajs', 'scraped', 'platformatic', 'discard'];
+const VARIANTS: Variant[] = ['kafkajs', 'scraped', 'rdkafka', 'discard'];
 
 /** How often the scraped variant reads /metrics and /status (Prometheus' default is 60 s). */
 const SCRAPE_EVERY_MS = 1_000;
@@ -152,7 +152,7 @@ export async function drain(ctx: BenchContext): Promise<Measure[]> {
   const label: Record<Variant, string> = {
     kafkajs: `${events / 1000}k events to Kafka (kafkajs)`,
     scraped: `${events / 1000}k events to Kafka (kafkajs), /metrics and /status read every ${SCRAPE_EVERY_MS / 1000} s`,
-    platformatic: `${events / 1000}k events to Kafka (@platformatic/kafka)`,
+    rdkafka: `${events / 1000}k events to Kafka (librdkafka)`,
     discard: `${events / 1000}k events, Kafka send replaced by nothing`,
   };
   return VARIANTS.flatMap((variant) => {

@@ -19,7 +19,7 @@ import {
   type Sink,
 } from '../support.ts';
 
-const SINKS: Sink[] = ['kafkajs', 'platformatic'];
+const SINKS: Sink[] = ['kafkajs', 'rdkafka'];
 
 const RATE = 1000;
 const TRICKLE = 25;
@@ -130,7 +130,7 @@ export async function latency(ctx: BenchContext): Promise<Measure[]> {
           p,
         ),
       );
-    const client = sink === 'kafkajs' ? 'kafkajs' : '@platformatic/kafka';
+    const client = sink === 'kafkajs' ? 'kafkajs' : 'librdkafka';
     const steady = `${RATE} inserts/s for ${seconds} s (${client})`;
     const trickle = `1 insert every 400 ms, idle relay woken (${client})`;
     const targets = sink === 'kafkajs';

@@ -369,6 +369,22 @@ function attachEndpoints(
   });
 }
 
+/** The sink KAFKA_CLIENT names (stdout with DRY_RUN); says which in the log. */
+async function openSink(config: Config, log: Logger): Promise<EventSink> {
+  if (config.dryRun) return new DryRunSink();
+  const kafkaLog = log.child({ component: 'kafka' });
+  if (config.kafkaClient === 'rdkafka') {
+    const { RdkafkaSink, loadRdkafka } = await import('../kafka/rdkafka-sink.ts');
+    log.info(
+      { kafkaClient: 'rdkafka', librdkafka: loadRdkafka().librdkafkaVersion },
+      `producing with librdkafka ${loadRdkafka().librdkafkaVersion}`,
+    );
+    return new RdkafkaSink(config, kafkaLog, log.child({ component: 'librdkafka' }));
+  }
+  log.info({ kafkaClient: 'kafkajs' }, 'producing with kafkajs');
+  return new KafkajsSink(createKafka(config, log), config, kafkaLog);
+}
+
 export interface RunningRelay {
   relay: Relay;
   /** Stops the relay and closes its connections. */
@@ -410,17 +426,18 @@ export async function startRelay(
     return undefined;
   }
 
+  const sink: EventSink =
+    options.sink ??
+    (await openSink(config, log).catch(async (error: unknown) => {
+      await within(1_000, endpoints?.close());
+      throw error;
+    }));
   const sql = openPool(config.databaseUrl, {
     max: 3,
     idleTimeoutS: 60,
     connection: SESSION_SETTINGS,
     camelCase: true,
   });
-  const sink: EventSink =
-    options.sink ??
-    (config.dryRun
-      ? new DryRunSink()
-      : new KafkajsSink(createKafka(config, log), config, log.child({ component: 'kafka' })));
   // WAKE_NOTIFY=false: no idle flag, so writers never NOTIFY (two-phase commit refuses
   // PREPARE TRANSACTION after one); the relay then polls every POLL_INTERVAL_MS when idle.
   const idleFlag = config.wakeNotify ? new IdleFlag(config.databaseUrl) : undefined;

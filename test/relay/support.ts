@@ -308,6 +308,8 @@ export async function inProcessRelay(
     DATABASE_URL: databaseUrl,
     KAFKA_BROKERS: kafka.brokers.join(','),
     HTTP_PORT: '0',
+    // npm run test:rdkafka runs the relay tests with the librdkafka client.
+    KAFKA_CLIENT: process.env.KAFKA_CLIENT,
     ...env,
   });
   const running = await startRelay(config, logger, options);
