@@ -47,24 +47,28 @@ const UNREACHABLE = new Set(['_MSG_TIMED_OUT', '_TRANSPORT', '_ALL_BROKERS_DOWN'
 /** How long close() waits for messages still in librdkafka's queue. */
 const CLOSE_FLUSH_MS = 5_000;
 
+const PACKAGE = '@confluentinc/kafka-javascript';
 let loaded: Module | undefined;
 
-/** The native client, or a UsageError that says why it cannot be used and what to do. */
-export function loadRdkafka(): Module {
-  if (loaded) return loaded;
+/**
+ * The native client, or a UsageError that says why it cannot be used and what to do.
+ * `name`: the package (tests name one that is not there).
+ */
+export function loadRdkafka(name = PACKAGE): Module {
+  if (loaded && name === PACKAGE) return loaded;
   try {
     const require = createRequire(import.meta.url);
-    loaded = require('@confluentinc/kafka-javascript') as Module;
-    return loaded;
+    const module = require(name) as Module;
+    if (name === PACKAGE) loaded = module;
+    return module;
   } catch (error) {
     const why = error instanceof Error ? error.message.split('\n')[0] : String(error);
-    throw new UsageError(
-      `KAFKA_CLIENT=rdkafka, but the librdkafka client (@confluentinc/kafka-javascript) cannot be loaded: ${String(why)}`,
-      [
-        'install it: bash scripts/setup.sh (it installs the build packages and builds it when no prebuilt binary can be downloaded)',
-        'or use the other client: KAFKA_CLIENT=kafkajs',
-      ],
-    );
+    const problem = `KAFKA_CLIENT=rdkafka, but the librdkafka client (${name}) cannot be loaded: ${String(why)}`;
+    throw new UsageError(problem, [
+      problem,
+      'install it: bash scripts/setup.sh (it installs the build packages and builds it when no prebuilt binary can be downloaded)',
+      'or use the other client: KAFKA_CLIENT=kafkajs',
+    ]);
   }
 }
 

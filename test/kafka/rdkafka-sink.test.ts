@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { parseConfig, type Config } from '../../src/config.ts';
 import { createKafka, KafkajsSink } from '../../src/kafka/kafkajs-sink.ts';
-import { RdkafkaSink } from '../../src/kafka/rdkafka-sink.ts';
+import { UsageError } from '../../src/errors.ts';
+import { loadRdkafka, RdkafkaSink } from '../../src/kafka/rdkafka-sink.ts';
 import type { EventSink, OutboundMessage } from '../../src/kafka/sink.ts';
 import { createLogger } from '../../src/logger.ts';
 import { uniqueName, useKafka } from '../helpers.ts';
@@ -130,4 +131,19 @@ test('a broker that cannot be reached: the send rejects, and check() throws', as
   const sink = rdkafka({ KAFKA_BROKERS: '127.0.0.1:1' });
   await assert.rejects(sink.send([message('anything', 'k', '{}')]), /transport|timed out|broker/i);
   await assert.rejects(sink.check());
+});
+
+test('a client that cannot be loaded: a usage error (exit 2) that says how to install it, or to use kafkajs', () => {
+  assert.throws(
+    () => loadRdkafka('@confluentinc/no-such-client'),
+    (error: unknown) => {
+      assert.ok(error instanceof UsageError);
+      assert.match(
+        error.message,
+        /KAFKA_CLIENT=rdkafka, but the librdkafka client .* cannot be loaded/,
+      );
+      assert.match(error.problems.join(' | '), /scripts\/setup\.sh.* \| .*KAFKA_CLIENT=kafkajs/);
+      return true;
+    },
+  );
 });
