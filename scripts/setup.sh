@@ -17,17 +17,17 @@ missing() {
   done
 }
 
-# Java and Maven fetch and run the local Kafka broker the tests use; openssl and psql
-# serve the TLS and role tests; the rest builds the librdkafka client.
-packages=(maven openjdk-17-jre-headless openssl postgresql-client
-  build-essential python3 libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev
-  libcurl4-openssl-dev)
-mapfile -t wanted < <(missing "${packages[@]}")
-# A JDK or Maven from elsewhere on the PATH will do.
-if command -v mvn >/dev/null && command -v java >/dev/null; then
-  mapfile -t wanted < <(printf '%s\n' "${wanted[@]}" | grep -v -e '^maven$' -e '^openjdk-17-jre-headless$' || true)
+# The librdkafka client's build: compilers and the libraries it links against.
+mapfile -t wanted < <(missing build-essential python3 libssl-dev libsasl2-dev libzstd-dev \
+  liblz4-dev zlib1g-dev libcurl4-openssl-dev)
+# Java and Maven fetch and run the local Kafka broker the tests use (any on the PATH
+# will do); openssl and psql serve the TLS and role tests.
+if ! command -v mvn >/dev/null || ! command -v java >/dev/null; then
+  wanted+=(maven openjdk-17-jre-headless)
 fi
-if [ "${#wanted[@]}" -gt 0 ] && [ -n "${wanted[0]}" ]; then
+command -v openssl >/dev/null || wanted+=(openssl)
+command -v psql >/dev/null || wanted+=(postgresql-client)
+if [ "${#wanted[@]}" -gt 0 ]; then
   echo "setup: installing ${wanted[*]}"
   apt-get update
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${wanted[@]}"
