@@ -19,7 +19,8 @@ import {
 } from 'kafkajs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../logger.ts';
-import { classifyKafkaError, permanentTopicProblem, SPLIT_AND_RETRY } from './errors.ts';
+import { classifyKafkaError, SPLIT_AND_RETRY } from './errors.ts';
+import { prepareTopics } from './prepare-topics.ts';
 import {
   ACKED,
   type EventSink,
@@ -148,48 +149,28 @@ export class KafkajsSink implements EventSink {
   }
 
   async prepareTopics(topics: string[]): Promise<TopicProblem[]> {
-    const unknown = topics.filter((t) => !this.knownTopics.has(t));
-    if (unknown.length === 0) return [];
+    if (topics.every((t) => this.knownTopics.has(t))) return [];
     await this.connect();
-    const existing = new Set(await this.admin.listTopics());
-    const missing = unknown.filter((t) => !existing.has(t));
-    for (const t of unknown) if (existing.has(t)) this.knownTopics.add(t);
-    if (missing.length === 0) return [];
-    if (!this.config.autoCreateTopics) {
-      return missing.map((topic) => ({
-        topic,
-        retriable: true,
-        reason: `topic "${topic}" does not exist and AUTO_CREATE_TOPICS=false: create it, or set AUTO_CREATE_TOPICS=true`,
-      }));
-    }
-    const problems: TopicProblem[] = [];
-    for (const topic of missing) {
-      try {
-        const created = await this.admin.createTopics({
-          topics: [
-            {
-              topic,
-              numPartitions: this.config.topicPartitions ?? -1,
-              replicationFactor: this.config.topicReplicationFactor ?? -1,
-            },
-          ],
-        });
-        // False: it exists already (another relay, or an attempt that failed after creating it).
-        if (created) this.logger.info({ topic }, 'created topic');
-        else this.logger.debug({ topic }, 'topic exists already');
-        await this.untilServed(topic);
-        this.knownTopics.add(topic);
-      } catch (error) {
-        const reason = permanentTopicProblem(error);
-        if (reason === undefined) throw error;
-        problems.push({
-          topic,
-          retriable: false,
-          reason: `cannot create topic "${topic}": ${reason}`,
-        });
-      }
-    }
-    return problems;
+    return prepareTopics({
+      topics,
+      known: this.knownTopics,
+      admin: {
+        listTopics: () => this.admin.listTopics(),
+        createTopic: (topic) =>
+          this.admin.createTopics({
+            topics: [
+              {
+                topic,
+                numPartitions: this.config.topicPartitions ?? -1,
+                replicationFactor: this.config.topicReplicationFactor ?? -1,
+              },
+            ],
+          }),
+        untilServed: (topic) => this.untilServed(topic),
+      },
+      config: this.config,
+      logger: this.logger,
+    });
   }
 
   /**

@@ -21,7 +21,8 @@ import type * as Rdkafka from '@confluentinc/kafka-javascript';
 import type { Config } from '../config.ts';
 import { UsageError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
-import { classifyKafkaError, permanentTopicProblem, RECORD_REFUSALS } from './errors.ts';
+import { classifyKafkaError, RECORD_REFUSALS } from './errors.ts';
+import { prepareTopics } from './prepare-topics.ts';
 import {
   ACKED,
   type EventSink,
@@ -228,39 +229,19 @@ export class RdkafkaSink implements EventSink {
   }
 
   async prepareTopics(topics: string[]): Promise<TopicProblem[]> {
-    const unknown = topics.filter((t) => !this.knownTopics.has(t));
-    if (unknown.length === 0) return [];
+    if (topics.every((t) => this.knownTopics.has(t))) return [];
     await this.connect();
-    const existing = new Set((await this.metadata()).topics.map((t) => t.name));
-    for (const t of unknown) if (existing.has(t)) this.knownTopics.add(t);
-    const missing = unknown.filter((t) => !existing.has(t));
-    if (missing.length === 0) return [];
-    if (!this.config.autoCreateTopics) {
-      return missing.map((topic) => ({
-        topic,
-        retriable: true,
-        reason: `topic "${topic}" does not exist and AUTO_CREATE_TOPICS=false: create it, or set AUTO_CREATE_TOPICS=true`,
-      }));
-    }
-    const problems: TopicProblem[] = [];
-    for (const topic of missing) {
-      try {
-        const created = await this.createTopic(topic);
-        if (created) this.logger.info({ topic }, 'created topic');
-        else this.logger.debug({ topic }, 'topic exists already');
-        await this.untilServed(topic);
-        this.knownTopics.add(topic);
-      } catch (error) {
-        const reason = permanentTopicProblem(error);
-        if (reason === undefined) throw error;
-        problems.push({
-          topic,
-          retriable: false,
-          reason: `cannot create topic "${topic}": ${reason}`,
-        });
-      }
-    }
-    return problems;
+    return prepareTopics({
+      topics,
+      known: this.knownTopics,
+      admin: {
+        listTopics: async () => (await this.metadata()).topics.map((t) => t.name),
+        createTopic: (topic) => this.createTopic(topic),
+        untilServed: (topic) => this.untilServed(topic),
+      },
+      config: this.config,
+      logger: this.logger,
+    });
   }
 
   /** Creates a topic; false when it exists already (another relay was first). */
