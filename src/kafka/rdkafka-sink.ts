@@ -46,7 +46,23 @@ const TOPIC_READY_POLL_MS = 100;
 /** librdkafka's errors for a message that found no broker to take it. */
 const UNREACHABLE = new Set(['_MSG_TIMED_OUT', '_TRANSPORT', '_ALL_BROKERS_DOWN', '_TIMED_OUT']);
 /** How long close() waits for messages still in librdkafka's queue. */
-const CLOSE_FLUSH_MS = 5_000;
+const CLOSE_FLUSH_MS = 500;
+/** How long after its message timeout a delivery report may still come. */
+const REPORT_GRACE_MS = 5_000;
+/**
+ * librdkafka 2.x's report for the other records of a broker batch that held an invalid
+ * one (the invalid one gets INVALID_RECORD): they were not written, and are not at fault.
+ */
+const INVALID_DIFFERENT_RECORD = '_INVALID_DIFFERENT_RECORD';
+/** Refusals that call for sending a shared batch again in parts. */
+const SPLIT = new Set([...RECORD_REFUSALS, INVALID_DIFFERENT_RECORD]);
+const UNSENT: SendResult = Object.freeze({ status: 'unsent' });
+const NO_REPORT: SendResult = Object.freeze({
+  status: 'refused',
+  retriable: true,
+  code: 'NO_DELIVERY_REPORT',
+  reason: 'librdkafka reported nothing for the message in time: it is sent again',
+});
 
 const PACKAGE = '@confluentinc/kafka-javascript';
 let loaded: Module | undefined;
@@ -150,62 +166,103 @@ interface Pending {
   results: SendResult[];
   partitions: number[];
   left: number;
+  /** A report said the producer failed for good (it is then replaced). */
+  fatal: boolean;
   done: () => void;
+}
+
+/** A refusal, and whether librdkafka called it fatal (the producer is unusable). */
+function refusalOf(rd: Module, error: unknown): { result: SendResult; fatal: boolean } {
+  const kafkaError = asKafkaError(rd, error);
+  const fatal =
+    (error as { isFatal?: unknown } | null)?.isFatal === true ||
+    (kafkaError as { type?: unknown }).type === '_FATAL';
+  return { result: { status: 'refused', ...classifyKafkaError(kafkaError) }, fatal };
 }
 
 export class RdkafkaSink implements EventSink {
   private readonly rd: Module;
-  private readonly producer: Rdkafka.Producer;
+  private producer: Rdkafka.Producer;
   private admin: Rdkafka.IAdminClient | undefined;
   private connecting: Promise<void> | undefined;
+  private closed = false;
+  private closing: Promise<void> | undefined;
   private readonly knownTopics = new Set<string>();
 
   constructor(
     private readonly config: Config,
     private readonly logger: Logger,
     /** Where librdkafka's own complaints go, at debug. */
-    clientLogger: Logger = logger,
+    private readonly clientLogger: Logger = logger,
   ) {
     this.rd = loadRdkafka();
-    this.producer = new this.rd.Producer(producerConfig(config));
+    this.producer = this.newProducer();
+  }
+
+  private newProducer(): Rdkafka.Producer {
+    const producer = new this.rd.Producer(producerConfig(this.config));
     // The library's types say an error always comes; it is null for a delivered message.
-    this.producer.on('delivery-report', (error: Rdkafka.LibrdKafkaError | null, report) => {
+    producer.on('delivery-report', (error: Rdkafka.LibrdKafkaError | null, report) => {
       const { pending, index } = report.opaque as { pending: Pending; index: number };
+      if (pending.results[index] !== undefined) return; // already given up on
       pending.partitions[index] = report.partition;
-      pending.results[index] = error
-        ? { status: 'refused', ...classifyKafkaError(asKafkaError(this.rd, error)) }
-        : ACKED;
+      if (error) {
+        const { result, fatal } = refusalOf(this.rd, error);
+        pending.results[index] = result;
+        pending.fatal ||= fatal;
+      } else {
+        pending.results[index] = ACKED;
+      }
       pending.left -= 1;
       if (pending.left === 0) pending.done();
     });
     // librdkafka's own complaints (a broker down, a failed connection): its reports say
     // what became of each message, so these are for debugging only.
-    this.producer.on('event.error', (error) => {
-      clientLogger.debug({ err: error }, error.message);
+    producer.on('event.error', (error) => {
+      this.clientLogger.debug({ err: error }, error.message);
     });
+    return producer;
   }
 
   private connect(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the Kafka producer is closed'));
     this.connecting ??= new Promise<void>((resolve, reject) => {
       this.producer.connect(
         { timeout: REQUEST_TIMEOUT_MS },
         (error: Rdkafka.LibrdKafkaError | null) => {
-          if (error) reject(asKafkaError(this.rd, error));
-          else resolve();
+          if (error) {
+            reject(asKafkaError(this.rd, error));
+            return;
+          }
+          try {
+            // Delivery reports are dispatched by a thread of librdkafka's, as they come.
+            this.producer.setPollInBackground(true);
+            this.admin = this.rd.AdminClient.createFrom(this.producer);
+            resolve();
+          } catch (caught) {
+            reject(caught instanceof Error ? caught : new Error(String(caught)));
+          }
         },
       );
-    }).then(
-      () => {
-        // Delivery reports are dispatched by a thread of librdkafka's, as they come.
-        this.producer.setPollInBackground(true);
-        this.admin = this.rd.AdminClient.createFrom(this.producer);
-      },
-      (error: unknown) => {
-        this.connecting = undefined;
-        throw error;
-      },
-    );
+    }).catch((error: unknown) => {
+      this.connecting = undefined;
+      throw error;
+    });
     return this.connecting;
+  }
+
+  /**
+   * A fatal error (librdkafka's idempotent producer can no longer guarantee order, or the
+   * cluster refused it an id): the producer is dropped and a new one connects next time.
+   */
+  private replaceProducer(): void {
+    const old = this.producer;
+    this.admin?.disconnect();
+    this.admin = undefined;
+    this.connecting = undefined;
+    this.knownTopics.clear();
+    this.producer = this.newProducer();
+    old.disconnect(0, () => undefined);
   }
 
   private metadata(topic?: string): Promise<Rdkafka.Metadata> {
@@ -284,9 +341,14 @@ export class RdkafkaSink implements EventSink {
   async send(messages: OutboundMessage[]): Promise<SendResult[]> {
     if (messages.length === 0) return [];
     await this.connect();
-    const { results, partitions } = await this.produceAll(messages);
-    // Nothing delivered, and only for want of a broker: Kafka is unreachable, which the
-    // relay backs off from as a whole (and reports), rather than a problem of these topics.
+    const sent = await this.produceAll(messages);
+    if (sent.fatal) {
+      this.replaceProducer();
+      throw new Error(
+        'the librdkafka producer failed for good (a fatal error): a new one is started; see the debug log for its reason',
+      );
+    }
+    const { results, partitions } = sent;
     for (const [i, r] of results.entries()) {
       // A topic that failed for want of a leader or a broker is looked up again next time
       // (prepareTopics then fails fast while no broker answers).
@@ -295,80 +357,117 @@ export class RdkafkaSink implements EventSink {
     const [first] = results;
     if (
       first?.status === 'refused' &&
-      results.every((r) => r.status === 'refused' && UNREACHABLE.has(r.code))
+      results.every((r) => r.status === 'refused' && UNREACHABLE.has(r.code)) &&
+      !(await this.metadata().then(
+        () => true,
+        () => false,
+      ))
     ) {
+      // Nothing delivered, and no broker answers: Kafka is unreachable, which the relay
+      // backs off from as a whole (and reports). A broker that answers means a problem of
+      // these partitions (no leader, not enough replicas): their topics are held back.
       throw Object.assign(
         new Error(`Kafka acknowledged none of ${messages.length} message(s): ${first.reason}`),
-        {
-          type: first.code,
-        },
+        { type: first.code },
       );
     }
-    // Per partition, in order: the first message not acknowledged stops it.
-    const stopped = new Map<string, number>();
-    const unsent: SendResult = { status: 'unsent' };
-    for (const [i, m] of messages.entries()) {
-      const partition = `${m.topic}\u0000${String(partitions[i] ?? -1)}`;
-      const first = stopped.get(partition);
-      if (first !== undefined) {
-        results[i] = unsent;
-        continue;
+    this.stopAtFirstRefusal(messages, partitions, results);
+    // A record-level refusal (or librdkafka's "another record of the batch was invalid")
+    // of a message that shared its partition's batch: the rest of that partition is sent
+    // again in halves, so that only the message refused by itself is.
+    for (const [i, r] of results.entries()) {
+      if (r.status !== 'refused' || !SPLIT.has(r.code)) continue;
+      const rest = messages
+        .map((_, j) => j)
+        .filter(
+          (j) =>
+            j >= i && messages[j]?.topic === messages[i]?.topic && partitions[j] === partitions[i],
+        );
+      if (rest.length > 1 || r.code === INVALID_DIFFERENT_RECORD) {
+        await this.inHalves(messages, rest, results);
       }
-      const result = results[i] as SendResult;
-      if (result.status !== 'acked') stopped.set(partition, i);
-    }
-    // A record-level refusal of a message that shared its partition's batch with others:
-    // it and the rest of that partition are tried again, one at a time, until the one
-    // refused alone.
-    for (const [, first] of stopped) {
-      const result = results[first] as SendResult;
-      if (result.status !== 'refused' || !RECORD_REFUSALS.has(result.code)) continue;
-      const sameBatch = messages.some(
-        (m, i) =>
-          i !== first && m.topic === messages[first]?.topic && partitions[i] === partitions[first],
-      );
-      if (!sameBatch) continue;
-      await this.oneByOne(messages, partitions, first, results);
     }
     return results;
   }
 
-  /** Sends the messages of `first`'s partition from `first` on, alone each, stopping at a refusal. */
-  private async oneByOne(
+  /**
+   * The EventSink contract: per partition, in order, the first message not acknowledged
+   * stops it; what was acknowledged after it counts as unsent (it is sent again after
+   * the refused one). A message refused without a partition (before librdkafka chose
+   * one) stops its whole topic, since a key's later message may have found one.
+   */
+  private stopAtFirstRefusal(
     messages: OutboundMessage[],
     partitions: number[],
-    first: number,
     results: SendResult[],
-  ): Promise<void> {
-    const topic = messages[first]?.topic;
-    const partition = partitions[first];
-    for (let i = first; i < messages.length; i += 1) {
-      const m = messages[i] as OutboundMessage;
-      if (m.topic !== topic || (i !== first && partitions[i] !== partition)) continue;
-      const [result = { status: 'unsent' }] = (await this.produceAll([m])).results;
-      results[i] = result;
-      if (result.status !== 'acked') {
-        for (let j = i + 1; j < messages.length; j += 1) {
-          if (messages[j]?.topic === topic && partitions[j] === partition) {
-            results[j] = { status: 'unsent' };
-          }
-        }
-        return;
+  ): void {
+    const stopped = new Set<string>();
+    const stoppedTopics = new Set<string>();
+    for (const [i, m] of messages.entries()) {
+      const partition = `${m.topic}\u0000${String(partitions[i])}`;
+      if (stoppedTopics.has(m.topic) || stopped.has(partition)) {
+        results[i] = UNSENT;
+        continue;
       }
+      if (results[i]?.status === 'acked') continue;
+      if (partitions[i] === -1) stoppedTopics.add(m.topic);
+      else stopped.add(partition);
     }
   }
 
-  /** Produces every message and waits for all their delivery reports. */
+  /**
+   * Sends `indexes` (one partition's messages, in order) again: all together, and when a
+   * record-level refusal comes back, each half on its own, down to the one message that
+   * is refused alone. Stops at the first refusal; what follows is unsent.
+   */
+  private async inHalves(
+    messages: OutboundMessage[],
+    indexes: number[],
+    results: SendResult[],
+  ): Promise<boolean> {
+    const sent = await this.produceAll(indexes.map((i) => messages[i] as OutboundMessage));
+    const refusedAt = sent.results.findIndex((r) => r.status !== 'acked');
+    if (refusedAt < 0) {
+      for (const i of indexes) results[i] = ACKED;
+      return true;
+    }
+    const refusal = sent.results[refusedAt] as SendResult;
+    if (indexes.length > 1 && refusal.status === 'refused' && SPLIT.has(refusal.code)) {
+      const half = Math.ceil(indexes.length / 2);
+      if (await this.inHalves(messages, indexes.slice(0, half), results)) {
+        return this.inHalves(messages, indexes.slice(half), results);
+      }
+      for (const i of indexes.slice(half)) results[i] = UNSENT;
+      return false;
+    }
+    for (const [n, i] of indexes.entries()) {
+      results[i] = n < refusedAt ? ACKED : n === refusedAt ? refusal : UNSENT;
+    }
+    return false;
+  }
+
+  /**
+   * Produces every message and waits for all their delivery reports: at most
+   * MESSAGE_TIMEOUT_MS plus REPORT_GRACE_MS, after which a message without a report
+   * counts as refused (retriable), so that a send can never hang.
+   */
   private produceAll(
     messages: OutboundMessage[],
-  ): Promise<{ results: SendResult[]; partitions: number[] }> {
+  ): Promise<{ results: SendResult[]; partitions: number[]; fatal: boolean }> {
     return new Promise((resolve) => {
+      const deadline: { timer?: NodeJS.Timeout } = {};
       const pending: Pending = {
         results: new Array<SendResult>(messages.length),
         partitions: new Array<number>(messages.length).fill(-1),
         left: messages.length,
+        fatal: false,
         done: () => {
-          resolve({ results: pending.results, partitions: pending.partitions });
+          clearTimeout(deadline.timer);
+          resolve({
+            results: pending.results,
+            partitions: pending.partitions,
+            fatal: pending.fatal,
+          });
         },
       };
       for (const [index, m] of messages.entries()) {
@@ -384,28 +483,44 @@ export class RdkafkaSink implements EventSink {
           );
         } catch (error) {
           // Refused before it was queued (a full queue, a message over every limit).
-          pending.results[index] = {
-            status: 'refused',
-            ...classifyKafkaError(asKafkaError(this.rd, error)),
-          };
+          const { result, fatal } = refusalOf(this.rd, error);
+          pending.results[index] = result;
+          pending.fatal ||= fatal;
           pending.left -= 1;
         }
       }
-      if (pending.left === 0) pending.done();
+      if (pending.left === 0) {
+        pending.done();
+        return;
+      }
+      deadline.timer = setTimeout(() => {
+        for (let i = 0; i < messages.length; i += 1) {
+          pending.results[i] ??= NO_REPORT;
+        }
+        pending.left = 0;
+        pending.done();
+      }, MESSAGE_TIMEOUT_MS + REPORT_GRACE_MS);
     });
   }
 
-  async close(): Promise<void> {
-    if (!this.connecting) return;
-    await this.connecting.catch(() => undefined);
-    this.admin?.disconnect();
-    await new Promise<void>((resolve) => {
-      this.producer.flush(CLOSE_FLUSH_MS, () => {
+  /**
+   * Stops: what librdkafka still holds gets CLOSE_FLUSH_MS to be delivered (the relay
+   * deletes only what was reported acknowledged, so the rest simply stays queued); no
+   * send after this.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      const { connecting } = this;
+      if (!connecting) return;
+      await connecting.catch(() => undefined);
+      this.admin?.disconnect();
+      await new Promise<void>((resolve) => {
         this.producer.disconnect(CLOSE_FLUSH_MS, () => {
           resolve();
         });
       });
-    });
-    this.connecting = undefined;
+    })();
+    return this.closing;
   }
 }

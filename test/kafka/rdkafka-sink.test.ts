@@ -147,3 +147,35 @@ test('a client that cannot be loaded: a usage error (exit 2) that says how to in
     },
   );
 });
+
+test('a null key on a compacted topic among other records: only it is refused (INVALID_RECORD), the records before it are acknowledged', async () => {
+  const topic = uniqueName('rdk_compacted');
+  await kafka.createTopic(topic, 1, { 'cleanup.policy': 'compact' });
+  const rd = rdkafka();
+  const results = await rd.send([
+    message(topic, 'a', '{"n":1}'),
+    message(topic, 'b', '{"n":2}'),
+    message(topic, null, '{"n":3}'),
+    message(topic, 'c', '{"n":4}'),
+  ]);
+  assert.deepEqual(
+    results.map((r) =>
+      r.status === 'refused' ? `refused ${r.code} ${String(r.retriable)}` : r.status,
+    ),
+    ['acked', 'acked', 'refused INVALID_RECORD false', 'unsent'],
+  );
+  const arrived = await kafka.consume(topic, 2, 10_000, 1_500);
+  assert.deepEqual(
+    arrived.map((m) => m.value),
+    ['{"n":1}', '{"n":2}'],
+  );
+});
+
+test('after close() a send is refused at once: nothing is produced by a sink that stopped', async () => {
+  const topic = uniqueName('rdk_closed');
+  await kafka.createTopic(topic, 1);
+  const rd = rdkafka();
+  assert.deepEqual(await rd.send([message(topic, 'a', '{}')]), [{ status: 'acked' }]);
+  await rd.close();
+  await assert.rejects(rd.send([message(topic, 'b', '{}')]), /closed/);
+});
