@@ -373,8 +373,10 @@ export class RdkafkaSink implements EventSink {
     }
     this.stopAtFirstRefusal(messages, partitions, results);
     // A record-level refusal (or librdkafka's "another record of the batch was invalid")
-    // of a message that shared its partition's batch: the rest of that partition is sent
-    // again in halves, so that only the message refused by itself is.
+    // of a message that shared its partition's batch: from it on, that partition's
+    // messages are sent again one at a time, so that only the message refused by itself
+    // is. One at a time, not in halves: a resent group can be batched differently by
+    // librdkafka, and whatever of it is acknowledged past a refusal arrives twice.
     for (const [i, r] of results.entries()) {
       if (r.status !== 'refused' || !SPLIT.has(r.code)) continue;
       const rest = messages
@@ -384,7 +386,7 @@ export class RdkafkaSink implements EventSink {
             j >= i && messages[j]?.topic === messages[i]?.topic && partitions[j] === partitions[i],
         );
       if (rest.length > 1 || r.code === INVALID_DIFFERENT_RECORD) {
-        await this.inHalves(messages, rest, results);
+        await this.oneByOne(messages, rest, results);
       }
     }
     return results;
@@ -415,35 +417,20 @@ export class RdkafkaSink implements EventSink {
     }
   }
 
-  /**
-   * Sends `indexes` (one partition's messages, in order) again: all together, and when a
-   * record-level refusal comes back, each half on its own, down to the one message that
-   * is refused alone. Stops at the first refusal; what follows is unsent.
-   */
-  private async inHalves(
+  /** Sends `indexes` (one partition's messages, in order) again, alone each, until one is refused. */
+  private async oneByOne(
     messages: OutboundMessage[],
     indexes: number[],
     results: SendResult[],
-  ): Promise<boolean> {
-    const sent = await this.produceAll(indexes.map((i) => messages[i] as OutboundMessage));
-    const refusedAt = sent.results.findIndex((r) => r.status !== 'acked');
-    if (refusedAt < 0) {
-      for (const i of indexes) results[i] = ACKED;
-      return true;
-    }
-    const refusal = sent.results[refusedAt] as SendResult;
-    if (indexes.length > 1 && refusal.status === 'refused' && SPLIT.has(refusal.code)) {
-      const half = Math.ceil(indexes.length / 2);
-      if (await this.inHalves(messages, indexes.slice(0, half), results)) {
-        return this.inHalves(messages, indexes.slice(half), results);
-      }
-      for (const i of indexes.slice(half)) results[i] = UNSENT;
-      return false;
-    }
+  ): Promise<void> {
     for (const [n, i] of indexes.entries()) {
-      results[i] = n < refusedAt ? ACKED : n === refusedAt ? refusal : UNSENT;
+      const [result = UNSENT] = (await this.produceAll([messages[i] as OutboundMessage])).results;
+      results[i] = result;
+      if (result.status !== 'acked') {
+        for (const j of indexes.slice(n + 1)) results[j] = UNSENT;
+        return;
+      }
     }
-    return false;
   }
 
   /**
