@@ -155,7 +155,7 @@ export const VARIABLES: VariableSpec[] = [
     name: 'KAFKA_CLIENT',
     default: 'kafkajs',
     meaning:
-      'the producer: kafkajs, or rdkafka (librdkafka through @confluentinc/kafka-javascript: faster, encoding in C; an optional dependency that scripts/setup.sh builds where no prebuilt binary downloads)',
+      'the producer: kafkajs, or rdkafka (a preview: librdkafka through @confluentinc/kafka-javascript, encoding in C; an optional dependency that scripts/setup.sh builds where no prebuilt binary downloads)',
   },
   {
     name: 'KAFKA_CLIENT_ID',
