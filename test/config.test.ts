@@ -580,3 +580,15 @@ test('pg2kafka --help lists every variable and exits 0', async () => {
     assert.ok(stdout.includes(v.meaning), `meaning of ${v.name} missing from --help`);
   }
 });
+
+test('KAFKA_CLIENT picks the producer (kafkajs unless rdkafka is asked for); HTTP_HOST is passed as given', () => {
+  assert.equal(parseConfig(BASE).kafkaClient, 'kafkajs');
+  assert.equal(parseConfig({ ...BASE, KAFKA_CLIENT: 'RDKAFKA' }).kafkaClient, 'rdkafka');
+  rejects(
+    'KAFKA_CLIENT',
+    'librdkafka',
+    'KAFKA_CLIENT must be one of kafkajs, rdkafka, got "librdkafka"',
+  );
+  assert.equal(parseConfig(BASE).httpHost, undefined);
+  assert.equal(parseConfig({ ...BASE, HTTP_HOST: '127.0.0.1' }).httpHost, '127.0.0.1');
+});
