@@ -100,7 +100,8 @@ export function machineCpu(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
-export type Sink = 'kafkajs' | 'rdkafka' | 'discard';
+/** rdkafka-eos: librdkafka with DELIVERY=exactly-once (one Kafka transaction per batch). */
+export type Sink = 'kafkajs' | 'rdkafka' | 'rdkafka-eos' | 'discard';
 
 export interface RelayProcess {
   child: ChildProcess;
@@ -111,9 +112,9 @@ export interface RelayProcess {
 }
 
 /**
- * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`) with kafkajs or
- * (KAFKA_CLIENT=rdkafka) librdkafka, or the same relay with the Kafka send replaced by
- * nothing (`discard`, dist/bench/relay-child.js).
+ * Starts a relay in a child process: the real CLI (`dist/src/cli.js relay`) with librdkafka
+ * (the default), kafkajs, or librdkafka with exactly-once delivery, or the same relay with
+ * the Kafka send replaced by nothing (`discard`, dist/bench/relay-child.js).
  * Logs at info level are read for the "active" line; warnings and errors are passed on.
  */
 export function spawnRelay(options: {
@@ -126,7 +127,7 @@ export function spawnRelay(options: {
   /** Called with every log line (a case that reads the relay's own figures). */
   onLog?: (entry: Record<string, unknown>) => void;
 }): RelayProcess {
-  const sink = options.sink ?? 'kafkajs';
+  const sink = options.sink ?? 'rdkafka';
   const entry = sink === 'discard' ? ['dist/bench/relay-child.js'] : ['dist/src/cli.js', 'relay'];
   const child = spawn(process.execPath, entry, {
     cwd: ROOT,
@@ -138,7 +139,8 @@ export function spawnRelay(options: {
       HTTP_PORT: '0',
       LOG_LEVEL: 'info',
       BENCH_SINK: sink,
-      KAFKA_CLIENT: sink === 'rdkafka' ? 'rdkafka' : 'kafkajs',
+      KAFKA_CLIENT: sink.startsWith('rdkafka') ? 'rdkafka' : 'kafkajs',
+      DELIVERY: sink === 'rdkafka-eos' ? 'exactly-once' : 'at-least-once',
       ...options.env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -15,6 +15,9 @@ export type DeadLetterPolicy = (typeof DEAD_LETTER_POLICIES)[number];
 /** The Kafka clients the relay can produce with. */
 export const KAFKA_CLIENTS = ['kafkajs', 'rdkafka'] as const;
 export type KafkaClient = (typeof KAFKA_CLIENTS)[number];
+/** At least once (the default), or exactly once for read_committed consumers. */
+export const DELIVERIES = ['at-least-once', 'exactly-once'] as const;
+export type Delivery = (typeof DELIVERIES)[number];
 
 export interface Config {
   databaseUrl: string;
@@ -29,6 +32,10 @@ export interface Config {
   batchBytes: number;
   /** The producer: kafkajs (JavaScript) or rdkafka (librdkafka, @confluentinc/kafka-javascript). */
   kafkaClient: KafkaClient;
+  /** exactly-once: each batch is one Kafka transaction (KAFKA_CLIENT=rdkafka only). */
+  delivery: Delivery;
+  /** The transactional.id of exactly-once delivery; undefined: derived from the topics' names. */
+  kafkaTransactionalId: string | undefined;
   /** What happens to an event Kafka refuses for good (see README "Dead letters"). */
   deadLetterPolicy: DeadLetterPolicy;
   /** Whether an idle relay asks writers to wake it with NOTIFY (off for two-phase commit). */
@@ -153,9 +160,21 @@ export const VARIABLES: VariableSpec[] = [
   },
   {
     name: 'KAFKA_CLIENT',
-    default: 'kafkajs',
+    default: 'rdkafka',
     meaning:
-      'the producer: kafkajs, or rdkafka (a preview: librdkafka through @confluentinc/kafka-javascript, encoding in C; an optional dependency that scripts/setup.sh builds where no prebuilt binary downloads)',
+      'the producer: rdkafka (librdkafka through @confluentinc/kafka-javascript, encoding in C; needed for DELIVERY=exactly-once; an optional dependency that scripts/setup.sh builds where no prebuilt binary downloads), or kafkajs (pure JavaScript, nothing to build)',
+  },
+  {
+    name: 'DELIVERY',
+    default: 'at-least-once',
+    meaning:
+      'at-least-once, or exactly-once: each batch is one Kafka transaction, so read_committed consumers see each event once even across a crash or a failover (needs KAFKA_CLIENT=rdkafka; see README "Exactly-once delivery")',
+  },
+  {
+    name: 'KAFKA_TRANSACTIONAL_ID',
+    default: '',
+    meaning:
+      "exactly-once: the producer's transactional.id, the same for every relay of one install, since a relay that takes over fences the one before with it (default: the marker topic's name, <prefix>.<database>.pg2kafka.commits)",
   },
   {
     name: 'KAFKA_CLIENT_ID',
@@ -455,7 +474,9 @@ export function parseConfig(
     databaseUrl: parseDatabaseUrl(env, problems),
     kafkaBrokers: parseBrokers(env, dryRun || !needsKafka, problems),
     kafkaClientId: read(env, 'KAFKA_CLIENT_ID') ?? 'pg2kafka',
-    kafkaClient: parseChoice(env, 'KAFKA_CLIENT', KAFKA_CLIENTS, 'kafkajs', problems),
+    kafkaClient: parseChoice(env, 'KAFKA_CLIENT', KAFKA_CLIENTS, 'rdkafka', problems),
+    delivery: parseChoice(env, 'DELIVERY', DELIVERIES, 'at-least-once', problems),
+    kafkaTransactionalId: read(env, 'KAFKA_TRANSACTIONAL_ID'),
     topicPrefix: parseTopicPart(env, 'TOPIC_PREFIX', 'pg2kafka', problems) ?? 'pg2kafka',
     topicNamespace: parseTopicPart(env, 'TOPIC_NAMESPACE', undefined, problems),
     performMigrations: parseBoolean(env, 'PERFORM_MIGRATIONS', false, problems),
@@ -477,6 +498,11 @@ export function parseConfig(
     sasl: parseSasl(env, problems),
     tls: parseTls(env, problems),
   };
+  if (config.delivery === 'exactly-once' && config.kafkaClient !== 'rdkafka') {
+    problems.add(
+      'DELIVERY=exactly-once needs KAFKA_CLIENT=rdkafka (its transactional producer); kafkajs delivers at least once',
+    );
+  }
   if (problems.list.length > 0) {
     throw new UsageError(
       `invalid configuration: ${problems.list.length} problem(s)`,

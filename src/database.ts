@@ -138,8 +138,44 @@ export interface PoolOptions {
   onclose?: () => void;
 }
 
+/** Part of the query postgres.js sends on each new connection to learn the array types. */
+export const ARRAY_TYPES_QUERY = "typcategory = 'A'";
+
+/**
+ * Whether `reason` is the failure of postgres.js's own array-types query. postgres.js 3.4
+ * sends it on every new connection and drops its promise; when the connection is cut
+ * during it, the query stays pending through the reconnects and is rejected later
+ * (POOL_CLOSING at shutdown, CONNECTION_DESTROYED at sql.end()) with nobody to catch it
+ * (porsager/postgres#1223). Nothing waits on it: the next connection asks again.
+ */
+export function isArrayTypesQueryFailure(reason: unknown): boolean {
+  if (!(reason instanceof Error)) return false;
+  const query: unknown = Reflect.get(reason, 'query');
+  return typeof query === 'string' && query.includes(ARRAY_TYPES_QUERY);
+}
+
+let guarded = false;
+
+/**
+ * Once per process: an unhandled rejection that is postgres.js's dropped array-types query
+ * is ignored; any other is thrown again, as an uncaught exception, so that Node ends the
+ * process (exit 1) as it would without this listener. Where another listener handles
+ * unhandled rejections (node:test's, in tests), that one decides for the others, and it
+ * sees the dropped query too: only the CLI's processes are protected from it.
+ */
+function guardArrayTypesQuery(): void {
+  if (guarded) return;
+  guarded = true;
+  process.on('unhandledRejection', (reason) => {
+    if (isArrayTypesQueryFailure(reason)) return;
+    if (process.listenerCount('unhandledRejection') > 1) return;
+    throw reason;
+  });
+}
+
 /** A postgres.js pool with pg2kafka's defaults; the first query is not bounded: see checkConnection(). */
 export function openPool(databaseUrl: string, options: PoolOptions = {}): postgres.Sql {
+  guardArrayTypesQuery();
   const hooks: Record<string, unknown> = {};
   if (options.onnotify) hooks.onnotify = options.onnotify;
   if (options.onclose) hooks.onclose = options.onclose;

@@ -57,7 +57,9 @@ const DEFAULTS: Config = {
   databaseUrl: DATABASE_URL,
   kafkaBrokers: ['127.0.0.1:9092'],
   kafkaClientId: 'pg2kafka',
-  kafkaClient: 'kafkajs',
+  kafkaClient: 'rdkafka',
+  delivery: 'at-least-once',
+  kafkaTransactionalId: undefined,
   topicPrefix: 'pg2kafka',
   topicNamespace: undefined,
   performMigrations: false,
@@ -581,9 +583,9 @@ test('pg2kafka --help lists every variable and exits 0', async () => {
   }
 });
 
-test('KAFKA_CLIENT picks the producer (kafkajs unless rdkafka is asked for); HTTP_HOST is passed as given', () => {
-  assert.equal(parseConfig(BASE).kafkaClient, 'kafkajs');
-  assert.equal(parseConfig({ ...BASE, KAFKA_CLIENT: 'RDKAFKA' }).kafkaClient, 'rdkafka');
+test('KAFKA_CLIENT picks the producer (rdkafka unless kafkajs is asked for); HTTP_HOST is passed as given', () => {
+  assert.equal(parseConfig(BASE).kafkaClient, 'rdkafka');
+  assert.equal(parseConfig({ ...BASE, KAFKA_CLIENT: 'KAFKAJS' }).kafkaClient, 'kafkajs');
   rejects(
     'KAFKA_CLIENT',
     'librdkafka',
@@ -591,4 +593,23 @@ test('KAFKA_CLIENT picks the producer (kafkajs unless rdkafka is asked for); HTT
   );
   assert.equal(parseConfig(BASE).httpHost, undefined);
   assert.equal(parseConfig({ ...BASE, HTTP_HOST: '127.0.0.1' }).httpHost, '127.0.0.1');
+});
+
+test('DELIVERY: at least once unless exactly-once is asked for, which needs KAFKA_CLIENT=rdkafka (the default)', () => {
+  assert.equal(parseConfig(BASE).delivery, 'at-least-once');
+  const exactly = parseConfig({
+    ...BASE,
+    DELIVERY: 'Exactly-Once',
+    KAFKA_CLIENT: 'rdkafka',
+    KAFKA_TRANSACTIONAL_ID: 'shop-relay',
+  });
+  assert.deepEqual(
+    [exactly.delivery, exactly.kafkaTransactionalId],
+    ['exactly-once', 'shop-relay'],
+  );
+  assert.equal(parseConfig({ ...BASE, DELIVERY: 'exactly-once' }).delivery, 'exactly-once');
+  assert.deepEqual(problemsOf({ ...BASE, DELIVERY: 'exactly-once', KAFKA_CLIENT: 'kafkajs' }), [
+    'DELIVERY=exactly-once needs KAFKA_CLIENT=rdkafka (its transactional producer); kafkajs delivers at least once',
+  ]);
+  rejects('DELIVERY', 'once', 'DELIVERY must be one of at-least-once, exactly-once, got "once"');
 });

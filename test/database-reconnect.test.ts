@@ -6,11 +6,14 @@
  * answers, comes back soon after the server does, and an ended pool connects no more.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { openPool } from '../src/database.ts';
 import { PgProxy, useProxies } from './pg-proxy.ts';
 import { sleep, useTestDatabase } from './helpers.ts';
 
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const db = useTestDatabase();
 
 /** Proxies in front of the test database, closed after the file. */
@@ -92,4 +95,29 @@ test('an ended pool opens no more connections, even with queries queued', async 
   await sleep(2_000);
   proxy.goUp();
   assert.equal(proxy.attempts - afterEnd, 0, 'connection attempts after sql.end()');
+});
+
+test('a pool ignores only its dropped array-types query: any other unhandled rejection still ends the process', () => {
+  // A process of its own: an unhandled rejection would end this test file's.
+  const script = [
+    "import { openPool } from './src/database.ts';",
+    `const sql = openPool(${JSON.stringify(db.url)});`,
+    "const stale = Object.defineProperty(new Error('dropped'), 'query', { value: \"select b.oid where a.typcategory = 'A'\" });",
+    'void Promise.reject(stale);',
+    "setTimeout(() => { void Promise.reject(new Error('a real bug')); }, 50);",
+    "setTimeout(() => { console.log('still running'); void sql.end(); }, 500);",
+  ].join('\n');
+  const child = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', '--input-type=module', '-e', script],
+    {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 20_000,
+    },
+  );
+  assert.equal(child.status, 1, child.stderr);
+  assert.match(child.stderr, /a real bug/);
+  assert.doesNotMatch(child.stderr, /dropped/);
+  assert.doesNotMatch(child.stdout, /still running/);
 });

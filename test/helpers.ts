@@ -52,7 +52,7 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 
 /** Polls `check` until it returns a value other than undefined/false, or fails after `timeoutMs`. */
 export async function waitFor<T>(
-  what: string,
+  what: string | (() => string),
   check: () => Promise<T | undefined | false> | T | undefined | false,
   timeoutMs = 15_000,
   intervalMs = 50,
@@ -68,7 +68,8 @@ export async function waitFor<T>(
     }
     if (Date.now() > deadline) {
       const reason = lastError instanceof Error ? ` (last error: ${lastError.message})` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${reason}`);
+      const description = typeof what === 'function' ? what() : what;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${description}${reason}`);
     }
     await sleep(intervalMs);
   }
@@ -252,7 +253,14 @@ export function useKafka(): TestKafka {
   };
 
   const producer = async (): Promise<Producer> => {
-    const client = kafka.producer({ allowAutoTopicCreation: false });
+    // Idempotent: kafkajs retries a whole request when one of its partitions fails
+    // (NOT_LEADER just after a topic is created), and without idempotence the partitions
+    // that had succeeded get the batch twice.
+    const client = kafka.producer({
+      allowAutoTopicCreation: false,
+      idempotent: true,
+      maxInFlightRequests: 1,
+    });
     await client.connect();
     const original = client.disconnect.bind(client);
     const disconnect = resources.track(`kafka producer #${++counter}`, original);
@@ -274,8 +282,25 @@ export function useKafka(): TestKafka {
             configEntries: Object.entries(config).map(([name, value]) => ({ name, value })),
           },
         ],
-        waitForLeaders: true,
+        waitForLeaders: false,
       });
+      // kafkajs's waitForLeaders fails when the broker does not list the new topic yet
+      // (UNKNOWN_TOPIC_OR_PARTITION, just after the broker started): ask until it has
+      // leaders.
+      await waitFor(
+        `topic ${topic} with leaders`,
+        async () => {
+          const { topics } = await client.fetchTopicMetadata({ topics: [topic] }).catch(() => ({
+            topics: [],
+          }));
+          const partitionsFound = topics[0]?.partitions ?? [];
+          return (
+            partitionsFound.length === partitions && partitionsFound.every((p) => p.leader >= 0)
+          );
+        },
+        30_000,
+        100,
+      );
     } finally {
       await client.disconnect();
     }

@@ -9,6 +9,7 @@
  */
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after } from 'node:test';
+import { ARRAY_TYPES_QUERY } from '../src/database.ts';
 
 /** An ErrorResponse message: severity FATAL, the given SQLSTATE and text. */
 function errorResponse(sqlstate: string, message: string): Buffer {
@@ -29,6 +30,8 @@ function applicationName(startup: Buffer): string {
   return at >= 0 ? (fields[at + 1] ?? '') : '(none)';
 }
 
+const TYPES_QUERY = Buffer.from(ARRAY_TYPES_QUERY);
+
 const STARTING_UP = errorResponse('57P03', 'the database system is starting up');
 
 export class PgProxy {
@@ -38,6 +41,9 @@ export class PgProxy {
   readonly attemptsBy = new Map<string, number>();
   private down = false;
   private silent = false;
+  private downAtTypesQuery = false;
+  /** goDownAtNextTypesQuery() went down: a connection sent that query after it was armed. */
+  wentDownAtTypesQuery = false;
   private readonly open = new Set<Socket>();
 
   private readonly server: Server;
@@ -90,7 +96,23 @@ export class PgProxy {
     upstream.on('error', () => client.destroy());
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
+    client.on('data', (chunk: Buffer) => {
+      if (!this.downAtTypesQuery || !chunk.includes(TYPES_QUERY)) return;
+      this.downAtTypesQuery = false;
+      this.wentDownAtTypesQuery = true;
+      this.goDown();
+    });
     client.pipe(upstream).pipe(client);
+  }
+
+  /**
+   * Cuts every open connection now, lets them reconnect, and goes down the moment one of
+   * them sends postgres.js's array-types query (every new connection's first): that query
+   * is then in flight when its connection is cut.
+   */
+  goDownAtNextTypesQuery(): void {
+    this.downAtTypesQuery = true;
+    for (const socket of this.open) socket.destroy();
   }
 
   /** Cuts every open connection; new ones are refused as by a server starting up. */

@@ -19,7 +19,7 @@ import {
   type Sink,
 } from '../support.ts';
 
-const SINKS: Sink[] = ['kafkajs', 'rdkafka'];
+const SINKS: Sink[] = ['kafkajs', 'rdkafka', 'rdkafka-eos'];
 
 const RATE = 1000;
 const TRICKLE = 25;
@@ -130,10 +130,16 @@ export async function latency(ctx: BenchContext): Promise<Measure[]> {
           p,
         ),
       );
-    const client = sink === 'kafkajs' ? 'kafkajs' : 'librdkafka';
+    const client = {
+      kafkajs: 'kafkajs',
+      rdkafka: 'librdkafka',
+      'rdkafka-eos': 'librdkafka, exactly-once',
+      discard: 'no Kafka',
+    }[sink];
     const steady = `${RATE} inserts/s for ${seconds} s (${client})`;
     const trickle = `1 insert every 400 ms, idle relay woken (${client})`;
-    const targets = sink === 'kafkajs';
+    // The targets are the default client's (librdkafka).
+    const targets = sink === 'rdkafka';
     const measures: Measure[] = [
       {
         case: 'latency',

@@ -144,6 +144,12 @@ function logRelayEvents(relay: Relay, logger: Logger): void {
         );
         break;
       }
+      case 'delivered-before':
+        logger.info(
+          { deleted: event.deleted },
+          `exactly-once: ${event.deleted} change(s) the last committed transaction delivered were still queued (a relay stopped between commit and delete): deleted, not sent again`,
+        );
+        break;
       case 'stopped':
         logger.info('relay stopped');
         break;
@@ -501,7 +507,7 @@ export async function startRelay(
       await Promise.all([
         within(STOP_LOOP_WAIT_MS, relay.stop()),
         within(STOP_LOOP_WAIT_MS, snapshots.stop()),
-        listener?.stop(),
+        within(STOP_LOOP_WAIT_MS, listener?.stop()),
       ]);
       await within(1_000, endpoints?.close());
       await within(1_000, idleFlag?.close());

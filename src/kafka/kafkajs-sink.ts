@@ -72,10 +72,56 @@ function kafkaLogCreator(logger: Logger) {
     };
 }
 
+/** Node's codes for a broker certificate that no trusted CA vouches for. */
+const UNTRUSTED_CERTIFICATE = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+]);
+const CERTIFICATE_NOT_VALID_NOW = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID']);
+
+/**
+ * What a failed TLS handshake means, in words an operator can act on, or undefined for
+ * other socket errors. Node's own text ("self-signed certificate in certificate chain")
+ * says neither that TLS failed nor which setting to look at; it is kept in parentheses.
+ */
+export function explainTlsFailure(error: unknown, host: string): string | undefined {
+  const { code, message, cert } = error as {
+    code?: unknown;
+    message?: unknown;
+    cert?: { subjectaltname?: string; subject?: { CN?: unknown } };
+  };
+  if (typeof code !== 'string' || typeof message !== 'string') return undefined;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    const names = cert?.subjectaltname ?? (cert?.subject?.CN as string | undefined);
+    return (
+      `TLS: the broker's certificate does not name the host ${host}` +
+      `${names ? ` (it names ${names})` : ''}: list in KAFKA_BROKERS a host name the ` +
+      `certificate names, or have the certificate name this host (${message})`
+    );
+  }
+  if (UNTRUSTED_CERTIFICATE.has(code)) {
+    return (
+      `TLS: the broker's certificate at ${host} is not signed by a trusted CA: set ` +
+      `KAFKA_TLS_CA_FILE to the CA that signed it (${message})`
+    );
+  }
+  if (CERTIFICATE_NOT_VALID_NOW.has(code)) {
+    return `TLS: the broker's certificate at ${host} is not valid now (${message})`;
+  }
+  return undefined;
+}
+
 /**
  * kafkajs's own socket factory, plus TCP_NODELAY: without it Nagle's algorithm may hold a
  * small produce request back until the previous segment is acknowledged (kafkajs leaves it
- * on; the broker turns it off on its side).
+ * on; the broker turns it off on its side). A refused TLS handshake gets a message that
+ * says what to fix (explainTlsFailure): this listener runs before kafkajs's own, which
+ * turns the message into its connection error.
  */
 export const socketFactory: ISocketFactory = ({ host, port, ssl: sslOption, onConnect }) => {
   // Typed as always present, but undefined when the client has no TLS settings.
@@ -86,6 +132,12 @@ export const socketFactory: ISocketFactory = ({ host, port, ssl: sslOption, onCo
         onConnect,
       )
     : net.connect({ host, port }, onConnect);
+  if (ssl) {
+    socket.on('error', (error: Error) => {
+      const explained = explainTlsFailure(error, host);
+      if (explained !== undefined) error.message = explained;
+    });
+  }
   socket.setKeepAlive(true, 60_000);
   socket.setNoDelay(true);
   return socket;

@@ -49,12 +49,41 @@ export interface EventSink {
    * resolves with one result per message, in the same order. Each partition stops at its
    * first refused message: the rest of that partition is unsent, other partitions go on.
    * Rejects only when nothing could be sent at all (no connection to Kafka); then no
-   * message counts as sent.
+   * message counts as sent. `trusted`: a sink that sends in several rounds asks it before
+   * each round after the first, and leaves the rest unsent once it says no.
    */
-  send(messages: OutboundMessage[]): Promise<SendResult[]>;
+  send(messages: OutboundMessage[], trusted?: () => boolean): Promise<SendResult[]>;
+  /** DELIVERY=exactly-once: each batch is one Kafka transaction (see Transactions). */
+  transactions?: Transactions;
   /** Reaches Kafka now, for a readiness probe; throws when it cannot. None: nothing to reach. */
   check?(): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * Exactly-once delivery: the messages sent between begin() and commit() become visible to
+ * read_committed consumers together with a marker record holding the batch's queue ids,
+ * or not at all. The relay deletes the ids after the commit; a relay that takes over
+ * reads the last committed marker first and deletes its ids, so a crash between commit
+ * and delete sends nothing twice.
+ */
+export interface Transactions {
+  /**
+   * Called before each batch. Under a new lease (`epoch`), or after a commit whose outcome
+   * is unknown: fences every earlier producer of this install at the broker (a paused
+   * former leader's next request fails), and returns the queue ids of the last committed
+   * transaction, which the relay deletes before it fetches. Otherwise returns [].
+   * `trusted`: whether the lease is still trusted (no fencing by a relay that lost it).
+   */
+  recover(markerTopic: string, epoch: string, trusted: () => boolean): Promise<string[]>;
+  begin(): Promise<void>;
+  /**
+   * Commits what was sent since begin(), with a marker holding `ids`. False: it was
+   * aborted, and nothing sent since begin() counts as delivered.
+   */
+  commit(ids: string[]): Promise<boolean>;
+  /** Aborts what was sent since begin() (nothing to abort: nothing happens). */
+  abort(): Promise<void>;
 }
 
 /** Bytes a message adds to a produce request: key, value, headers, record framing. */

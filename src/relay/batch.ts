@@ -45,6 +45,13 @@ export class BatchLedger {
     this.fates[index] = fate;
   }
 
+  /** Exactly-once, aborted: nothing acknowledged in the batch counts as delivered. */
+  forgetAcknowledged(): void {
+    for (const [i, fate] of this.fates.entries()) {
+      if (fate.status === 'acked') this.fates[i] = UNSENT;
+    }
+  }
+
   /** The indexes [start, end) of the events of the change of event `index`. */
   private changeAt(index: number): [number, number] {
     const id = this.events[index]?.id;

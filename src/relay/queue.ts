@@ -84,7 +84,9 @@ export class EventQueue {
           select c.*, coalesce(octet_length(c.new_row::text), 0) + coalesce(octet_length(c.old_row::text), 0) as bytes
           from pg2kafka.captured_changes c
           where c.table_oid <> all(${skipTables}::oid[])
-            and c.id <> all(${excludeIds}::int8[])
+            -- A hashed subplan: one lookup per row. "<> all(array)" compares each row with
+            -- the whole array under a generic plan (a read-ahead excludes a batch of ids).
+            and c.id not in (select unnest(${excludeIds}::int8[]))
             -- An index range scan from the floor (an InitPlan parameter), not from the
             -- lowest entry: what lies below it is gone.
             and c.id >= (select l.queue_floor from pg2kafka.relay_lease l)
@@ -114,10 +116,9 @@ export class EventQueue {
       (sum, c) => sum + (c.newRow?.length ?? 0) + (c.oldRow?.length ?? 0),
       0,
     );
-    return {
-      events: changes.flatMap((change) => this.events.eventsOf(change)),
-      full: changes.length >= limit || bytes >= maxBytes,
-    };
+    const events: QueuedEvent[] = [];
+    for (const change of changes) this.events.eventsOf(change, events);
+    return { events, full: changes.length >= limit || bytes >= maxBytes };
   }
 
   /** Deletes acked changes; returns how many went. 0 for a non-empty list: the lease is lost. */
@@ -127,6 +128,21 @@ export class EventQueue {
       delete from pg2kafka.captured_changes
       where id = any(${ids}::int8[]) and ${leaseHeld(sql, lease)}`;
     return result.count;
+  }
+
+  /**
+   * Deletes the changes of the last committed Kafka transaction (exactly-once recovery):
+   * some or all may be gone already. Undefined: the lease is not held.
+   */
+  async deleteDelivered(ids: string[], lease: Lease): Promise<number | undefined> {
+    const { sql } = this;
+    const [row] = await sql<{ held: boolean; deleted: number }[]>`
+      with gone as (
+        delete from pg2kafka.captured_changes
+        where id = any(${ids}::int8[]) and ${leaseHeld(sql, lease)}
+        returning 1)
+      select ${leaseHeld(sql, lease)} as held, (select count(*)::int from gone) as deleted`;
+    return row?.held ? row.deleted : undefined;
   }
 
   /** Takes the lease if it is free or expired; returns it, or undefined if another relay holds it. */

@@ -37,7 +37,7 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import type { DeadLetterPolicy } from '../config.ts';
 import { RECORD_REFUSALS } from '../kafka/errors.ts';
-import type { EventSink } from '../kafka/sink.ts';
+import type { EventSink, Transactions } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
 import { within } from './within.ts';
 import { BatchLedger, toMessage, type BatchOutcome } from './batch.ts';
@@ -107,6 +107,8 @@ export type RelayEvent =
     }
   | { type: 'topic-released'; topic: string; tables: string[] }
   | { type: 'dead-letter'; entry: DeadLetterEntry }
+  /** Exactly-once: changes the last committed transaction delivered, deleted at takeover. */
+  | { type: 'delivered-before'; deleted: number }
   | { type: 'stopped' };
 
 export interface RelayOptions {
@@ -173,6 +175,11 @@ export class Relay {
    * (deleted or dead-lettered): dropped otherwise, on any error, and on a change of lease.
    */
   private prefetched: { lease: Lease | undefined; batch: Promise<Batch> } | undefined;
+  /**
+   * Exactly-once: the queue ids of a committed transaction not deleted yet (the delete
+   * failed): deleted before the next fetch, so that they are not sent again.
+   */
+  private committedUndeleted: string[] | undefined;
 
   constructor(private readonly options: RelayOptions) {
     this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -412,6 +419,10 @@ export class Relay {
       this.emit({ type: 'topic-released', ...released });
     }
     const lease = this.leases.current;
+    const transactions = dryRun ? undefined : sink.transactions;
+    if (transactions && lease && !(await this.recoverDelivered(transactions, lease))) {
+      return 'empty';
+    }
     const prefetched = this.prefetched;
     this.prefetched = undefined;
     const fetchStarted = performance.now();
@@ -470,6 +481,8 @@ export class Relay {
       sendable.push(i);
     }
     const parkKeys = this.options.deadLetterPolicy === 'park-key';
+    const inTransaction = transactions !== undefined && sendable.length > 0;
+    if (inTransaction) await transactions.begin();
     const report = await sendInRequests({
       sink,
       ledger,
@@ -499,7 +512,23 @@ export class Relay {
       }
     }
 
-    const outcome = ledger.outcome(messages, parkKeys, new Date().toISOString());
+    let outcome = ledger.outcome(messages, parkKeys, new Date().toISOString());
+    if (inTransaction) {
+      // Exactly-once: what was acknowledged counts only once the transaction committed.
+      const commit =
+        !report.error && !report.untrusted && lease !== undefined && this.leases.trusted(lease);
+      const committed = commit
+        ? await transactions.commit(outcome.deleteIds)
+        : await transactions.abort().then(() => false);
+      // Delivered for good: if the delete below fails, they are deleted before the next
+      // fetch rather than sent again.
+      if (committed) this.committedUndeleted = outcome.deleteIds;
+      if (!committed) {
+        ledger.forgetAcknowledged();
+        outcome = ledger.outcome(messages, parkKeys, new Date().toISOString());
+        this.prefetched = undefined;
+      }
+    }
     for (const topic of outcome.ackedTopics) this.holds.succeeded(topic);
     let complete = outcome.deleteIds.length + outcome.deadLetters.length === ledger.changes;
     if (dryRun) {
@@ -507,6 +536,7 @@ export class Relay {
     } else if (lease) {
       if (outcome.deleteIds.length > 0) {
         const deleted = await this.options.queue.delete(outcome.deleteIds, lease);
+        this.committedUndeleted = undefined;
         if (deleted === 0) {
           await this.resign(
             'lease lost: the shipped events were not deleted and will be sent again',
@@ -533,6 +563,35 @@ export class Relay {
     // Kafka unreachable: what it acknowledged before is deleted; now back off.
     if (report.error) throw report.error;
     return batch.full ? 'full' : 'partial';
+  }
+
+  /**
+   * Exactly-once: before a batch, the sink fences earlier producers (under a new lease, or
+   * after a commit whose outcome is unknown) and names the queue ids of the last committed
+   * transaction, which are deleted now so that they are not sent again. False: the lease
+   * was lost meanwhile.
+   */
+  private async recoverDelivered(transactions: Transactions, lease: Lease): Promise<boolean> {
+    const naming = await this.topicNaming();
+    const recovered = await transactions.recover(
+      topicName(naming, 'pg2kafka', 'commits'),
+      lease.epoch,
+      () => this.leases.trusted(lease),
+    );
+    // A committed batch whose delete failed (the database, not Kafka): its ids go first.
+    const delivered = [...new Set([...(this.committedUndeleted ?? []), ...recovered])];
+    if (delivered.length === 0) return true;
+    this.prefetched = undefined;
+    const deleted = await this.options.queue.deleteDelivered(delivered, lease);
+    if (deleted === undefined) {
+      await this.resign('lease lost while deleting what the last transaction delivered', false);
+      return false;
+    }
+    this.committedUndeleted = undefined;
+    if (deleted > 0) {
+      this.emit({ type: 'delivered-before', deleted });
+    }
+    return true;
   }
 
   /**

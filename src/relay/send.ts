@@ -52,7 +52,10 @@ export async function sendInRequests(options: {
     }
     let results: SendResult[];
     try {
-      results = await sink.send(pending.map((i) => messages[i] as OutboundMessage));
+      results = await sink.send(
+        pending.map((i) => messages[i] as OutboundMessage),
+        trusted,
+      );
     } catch (error) {
       report.error =
         error instanceof Error ? error : new Error('the Kafka client failed', { cause: error });

@@ -133,9 +133,31 @@ test('SIGTERM while PostgreSQL is down: exit 0 within 10 s', { timeout: 90_000 }
   await sleep(2_000);
   const stoppedAt = Date.now();
   const { code } = await r.stop();
-  assert.equal(code, 0, r.stderrText.slice(-5).join('\n'));
+  assert.equal(code, 0, r.stderrText.slice(-40).join('\n'));
   assert.ok(Date.now() - stoppedAt < 10_000, `exited after ${Date.now() - stoppedAt} ms`);
 });
+
+test(
+  'SIGTERM after PostgreSQL went down while a connection started: exit 0 within 10 s',
+  { timeout: 90_000 },
+  async () => {
+    const proxy = await startProxy();
+    const r = relay({ DATABASE_URL: proxy.url(db.url) });
+    await r.waitForLog('active: shipping events');
+    // postgres.js keeps the array-types query of a connection cut during it, and rejects it
+    // later with nobody to catch it (porsager/postgres#1223): at shutdown, POOL_CLOSING.
+    proxy.goDownAtNextTypesQuery();
+    await waitFor(
+      'a connection cut during its array-types query',
+      () => proxy.wentDownAtTypesQuery,
+    );
+    await sleep(2_000);
+    const stoppedAt = Date.now();
+    const { code } = await r.stop();
+    assert.equal(code, 0, r.stderrText.slice(-40).join('\n'));
+    assert.ok(Date.now() - stoppedAt < 10_000, `exited after ${Date.now() - stoppedAt} ms`);
+  },
+);
 
 test('SIGTERM while the relay waits for its first answer from PostgreSQL: exit 0 at once', async () => {
   const proxy = await startProxy();
@@ -146,7 +168,7 @@ test('SIGTERM while the relay waits for its first answer from PostgreSQL: exit 0
   const stoppedAt = Date.now();
   const { code } = await r.stop();
   const ms = Date.now() - stoppedAt;
-  assert.equal(code, 0, r.stderrText.slice(-5).join('\n'));
+  assert.equal(code, 0, r.stderrText.slice(-40).join('\n'));
   assert.ok(ms < 3_000, `exited after ${ms} ms`);
 });
 

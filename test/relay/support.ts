@@ -1,7 +1,7 @@
 /** Runs the relay as a real child process (`pg2kafka relay`), as a user or container would. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { after, before } from 'node:test';
+import { after, afterEach, before } from 'node:test';
 import kafkajs, { type Kafka } from 'kafkajs';
 import { splitLines } from '../../scripts/kafka-broker.ts';
 import { migrate } from '../../src/capture/migrate.ts';
@@ -59,7 +59,7 @@ export class RelayProcess {
     where: (line: LogLine) => boolean = () => true,
   ): Promise<LogLine> {
     return waitFor(
-      `relay log "${text}"; last lines:\n${this.stderrText.slice(-10).join('\n')}`,
+      () => `relay log "${text}"; last lines:\n${this.stderrText.slice(-10).join('\n')}`,
       () => this.logs.find((l) => l.msg.includes(text) && where(l)),
       timeoutMs,
     );
@@ -132,8 +132,10 @@ export function useRelays(
     await db.ready;
     await migrate({ databaseUrl: db.url });
   });
-  after(async () => {
-    await Promise.all(running.map((r) => r.kill()));
+  // A test that fails before it stops its relays must not leave them holding the lease
+  // for the next test.
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((r) => r.kill()));
   });
   return {
     relay(env = {}) {
