@@ -171,6 +171,7 @@ BEGIN
   FOR trigger_name IN
     SELECT tgname FROM pg_trigger
     WHERE tgrelid = tbl AND tgname IN ('_pg2kafka_insert', '_pg2kafka_update', '_pg2kafka_delete', '_pg2kafka_truncate', '_pg2kafka_wake',
+                                       '_pg2kafka_update_enter', '_pg2kafka_update_leave',
                                        -- the names before 0.1.0
                                        'pg2kafka_insert', 'pg2kafka_update', 'pg2kafka_delete', 'pg2kafka_truncate', 'pg2kafka_wake')
   LOOP
@@ -185,28 +186,123 @@ REVOKE ALL ON FUNCTION pg2kafka.drop_capture_triggers(regclass) FROM PUBLIC;
 -- (src/capture/migrate.ts), since setup() leaves a table it already captures alone.
 CREATE OR REPLACE FUNCTION pg2kafka.capture_triggers_version() RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT 2 $$;
+AS $$ SELECT 3 $$;
 
--- (Re)creates the capture triggers of `tbl`; the caller holds SHARE ROW EXCLUSIVE on it.
-CREATE OR REPLACE FUNCTION pg2kafka.install_capture_triggers(tbl regclass)
+-- A row filter as stored (tracked_tables.row_filter: PostgreSQL's own print of it, with
+-- the row named pg2kafka_row) on the row named `name`: NEW or OLD in a trigger's WHEN,
+-- t in a snapshot's query. deparse_row_filter() made sure the name occurs nowhere else.
+CREATE OR REPLACE FUNCTION pg2kafka.row_filter_on(row_filter text, name text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT '(' || replace(row_filter, 'pg2kafka_row.', name || '.') || ') IS TRUE'
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.row_filter_on(text, text) FROM PUBLIC;
+
+-- A user's row filter on `tbl` (a condition on its columns, unqualified: status <> 'draft')
+-- as PostgreSQL prints it back with the row named pg2kafka_row: parsed, type-checked and
+-- with every column qualified, so it can be evaluated on NEW and OLD. Raises
+-- invalid_parameter_value, saying why, for anything else.
+CREATE OR REPLACE FUNCTION pg2kafka.deparse_row_filter(tbl regclass, row_filter text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  printed text[];
+  result_type regtype;
+  alias text;
+BEGIN
+  IF row_filter IS NULL OR row_filter !~ '\S' THEN
+    RETURN NULL;
+  END IF;
+  -- Printed twice under two names: the same text but for the name proves the name is a
+  -- qualifier only (not inside a literal), so row_filter_on() may replace it.
+  FOREACH alias IN ARRAY ARRAY['pg2kafka_row', 'pg2kafka_other'] LOOP
+    BEGIN
+      IF to_regclass('pg_temp.pg2kafka_row_filter') IS NOT NULL THEN
+        DROP VIEW pg_temp.pg2kafka_row_filter;
+      END IF;
+      EXECUTE format('CREATE TEMP VIEW pg2kafka_row_filter AS SELECT (%s) AS pg2kafka_filter FROM %s AS %I',
+                     row_filter, tbl, alias);
+    EXCEPTION WHEN OTHERS THEN
+      RAISE EXCEPTION 'the row filter % is not a condition on the columns of %: %', quote_literal(row_filter), tbl, SQLERRM
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Name the columns without the table: status <> ''draft''.';
+    END;
+    SELECT a.atttypid INTO result_type FROM pg_attribute a
+    WHERE a.attrelid = 'pg_temp.pg2kafka_row_filter'::regclass AND a.attname = 'pg2kafka_filter';
+    printed := printed || (regexp_match(pg_get_viewdef('pg_temp.pg2kafka_row_filter'::regclass),
+                                        '^\s*SELECT (.*) AS pg2kafka_filter\s+FROM [^\n]*$'))[1];
+    DROP VIEW pg_temp.pg2kafka_row_filter;
+  END LOOP;
+  IF result_type <> 'boolean'::regtype THEN
+    RAISE EXCEPTION 'the row filter % is of type %, not boolean', quote_literal(row_filter), result_type
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give a condition, such as status <> ''draft''.';
+  END IF;
+  IF printed[1] IS NULL OR replace(printed[1], 'pg2kafka_row.', 'pg2kafka_other.') IS DISTINCT FROM printed[2] THEN
+    RAISE EXCEPTION 'the row filter % cannot be used: it holds the text pg2kafka_row. or pg2kafka_other.', quote_literal(row_filter)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN printed[1];
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.deparse_row_filter(regclass, text) FROM PUBLIC;
+
+-- (Re)creates the capture triggers of `tbl` for its settings in tracked_tables (a table
+-- being set up: those given); the caller holds SHARE ROW EXCLUSIVE on it.
+--   A column list: the _projected captures (sql/10_capture_triggers.sql).
+--   A row filter: INSERT and DELETE fire only for rows inside it, and UPDATE is three
+--   triggers, at most one of which fires for a row: inside before and after (an UPDATE,
+--   if it changed), entering (an INSERT of the new row), leaving (a DELETE of the old
+--   row). All of it evaluated in WHEN clauses, in C, before any plpgsql runs.
+-- Before 0.3.0 it took the table only; a call with one argument must not be ambiguous.
+DROP FUNCTION IF EXISTS pg2kafka.install_capture_triggers(regclass);
+CREATE OR REPLACE FUNCTION pg2kafka.install_capture_triggers(tbl regclass, included_columns text[] DEFAULT NULL,
+                                                             excluded_columns text[] DEFAULT '{}', row_filter text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  capture text := '';
+  args text := format('%L', tbl::oid);
+  in_new text := 'true';
+  in_old text := 'true';
 BEGIN
   PERFORM pg2kafka.drop_capture_triggers(tbl);
+  IF included_columns IS NOT NULL OR cardinality(excluded_columns) > 0 THEN
+    capture := '_projected';
+    args := format('%L, %L, %L', tbl::oid,
+                   CASE WHEN included_columns IS NOT NULL THEN 'include' ELSE 'exclude' END,
+                   coalesce(included_columns, excluded_columns)::text);
+  END IF;
+  IF row_filter IS NOT NULL THEN
+    in_new := pg2kafka.row_filter_on(row_filter, 'NEW');
+    in_old := pg2kafka.row_filter_on(row_filter, 'OLD');
+  END IF;
   -- AFTER triggers fire in name order, and "_" sorts before every lowercase letter: ours
   -- fire before a user's trigger named like most are (set_slug, audit_row), so a change
   -- such a trigger makes to the same row queues after the change that caused it.
   EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_insert(%L)',
-    tbl, tbl::oid);
+    'CREATE TRIGGER _pg2kafka_insert AFTER INSERT ON %s FOR EACH ROW %s EXECUTE FUNCTION pg2kafka.capture_insert%s(%s)',
+    tbl, CASE WHEN row_filter IS NOT NULL THEN format('WHEN (%s)', in_new) ELSE '' END, capture, args);
   EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (OLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update(%L)',
-    tbl, tbl::oid);
+    'CREATE TRIGGER _pg2kafka_update AFTER UPDATE ON %s FOR EACH ROW WHEN (%sOLD.* *<> NEW.*) EXECUTE FUNCTION pg2kafka.capture_update%s(%s)',
+    tbl, CASE WHEN row_filter IS NOT NULL THEN format('%s AND %s AND ', in_old, in_new) ELSE '' END, capture, args);
+  IF row_filter IS NOT NULL THEN
+    EXECUTE format(
+      'CREATE TRIGGER _pg2kafka_update_enter AFTER UPDATE ON %s FOR EACH ROW WHEN (NOT %s AND %s) EXECUTE FUNCTION pg2kafka.capture_insert%s(%s)',
+      tbl, in_old, in_new, capture, args);
+    EXECUTE format(
+      'CREATE TRIGGER _pg2kafka_update_leave AFTER UPDATE ON %s FOR EACH ROW WHEN (%s AND NOT %s) EXECUTE FUNCTION pg2kafka.capture_delete%s(%s)',
+      tbl, in_old, in_new, capture, args);
+  END IF;
   EXECUTE format(
-    'CREATE TRIGGER _pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pg2kafka.capture_delete(%L)',
-    tbl, tbl::oid);
+    'CREATE TRIGGER _pg2kafka_delete AFTER DELETE ON %s FOR EACH ROW %s EXECUTE FUNCTION pg2kafka.capture_delete%s(%s)',
+    tbl, CASE WHEN row_filter IS NOT NULL THEN format('WHEN (%s)', in_old) ELSE '' END, capture, args);
   EXECUTE format(
     'CREATE TRIGGER _pg2kafka_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.capture_truncate(%L)',
     tbl, tbl::oid);
@@ -214,9 +310,29 @@ BEGIN
   EXECUTE format(
     'CREATE TRIGGER _pg2kafka_wake AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pg2kafka.wake_relay()',
     tbl);
+EXCEPTION WHEN feature_not_supported THEN
+  -- "cannot use subquery in trigger WHEN condition", and the like.
+  RAISE EXCEPTION 'the row filter % cannot be evaluated by a trigger: %', quote_literal(row_filter), SQLERRM
+    USING ERRCODE = 'invalid_parameter_value',
+          HINT = 'A row filter may use the row''s columns, operators and functions, but no subquery.';
 END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.install_capture_triggers(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.install_capture_triggers(regclass, text[], text[], text) FROM PUBLIC;
+
+-- The JSON of a row of `tbl` (named `alias` in the query) as the capture triggers store it:
+-- only the columns of its list, if it has one. For the snapshots' INSERT ... SELECT.
+CREATE OR REPLACE FUNCTION pg2kafka.captured_row_sql(alias text, included_columns text[], excluded_columns text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE
+    WHEN included_columns IS NOT NULL THEN format('pg2kafka.project_row(to_json(%s), %L, %L)', alias, 'include', included_columns)
+    WHEN cardinality(excluded_columns) > 0 THEN format('pg2kafka.project_row(to_json(%s), %L, %L)', alias, 'exclude', excluded_columns)
+    ELSE format('to_json(%s)', alias)
+  END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.captured_row_sql(text, text[], text[]) FROM PUBLIC;
 
 -- For migrate: brings the triggers of a captured table to the current version, under the
 -- same short, retried lock as setup (lock_not_available when it cannot be taken).
@@ -230,7 +346,8 @@ BEGIN
   -- New triggers on the partitions too: the rows of one attached since the last look are
   -- queued first, while its trigger still tells it apart.
   PERFORM pg2kafka.queue_attached_partitions(tbl);
-  PERFORM pg2kafka.install_capture_triggers(tbl);
+  PERFORM pg2kafka.install_capture_triggers(tbl, t.included_columns, t.excluded_columns, t.row_filter)
+  FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl;
   UPDATE pg2kafka.tracked_tables t
   SET triggers_version = pg2kafka.capture_triggers_version(), partition_triggers = pg2kafka.partition_triggers(tbl)
   WHERE t.table_oid = tbl;
@@ -259,16 +376,98 @@ END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.raise_snapshot_denied(regclass, text) FROM PUBLIC;
 
--- Before 0.2.0 setup had no snapshot argument. Dropping that version (once, on upgrade)
--- keeps setup('t', 'k') unambiguous; a GRANT EXECUTE on it must be given again.
+-- The payload settings of `tbl` (keyed by `key_names`) as setup() and alter() store them,
+-- or an error saying what is wrong: columns that exist (matched exactly), key columns never
+-- excluded and always included, one list at most, a row filter that compiles (and only
+-- from a member of the owner's role: it runs as that role), a known message format.
+CREATE OR REPLACE FUNCTION pg2kafka.payload_settings(
+  tbl regclass, key_names text[], exclude_columns text[], include_columns text[], row_filter text, message_format text,
+  OUT included text[], OUT excluded text[], OUT filter text, OUT format text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+  unknown text;
+  keys_excluded text;
+BEGIN
+  IF exclude_columns IS NOT NULL AND include_columns IS NOT NULL AND cardinality(include_columns) > 0 THEN
+    RAISE EXCEPTION 'give exclude_columns or include_columns, not both'
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'exclude_columns: every column but these (a column added later is carried); include_columns: only these (and the key).';
+  END IF;
+  SELECT string_agg(format('"%s"', c.name), ', ' ORDER BY c.n) INTO unknown
+  FROM unnest(coalesce(exclude_columns, '{}') || coalesce(include_columns, '{}')) WITH ORDINALITY AS c(name, n)
+  WHERE c.name IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                      WHERE a.attrelid = tbl AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped);
+  IF unknown IS NOT NULL THEN
+    RAISE EXCEPTION 'no column % in table %', unknown, tbl
+      USING ERRCODE = 'undefined_column',
+            HINT = format('Its columns: %s. Names are matched exactly, case included, without SQL quotes.',
+                          (SELECT string_agg(a.attname, ', ' ORDER BY a.attnum) FROM pg_attribute a
+                           WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped));
+  END IF;
+  SELECT string_agg(format('"%s"', k), ', ') INTO keys_excluded FROM unnest(key_names) k WHERE k = ANY (exclude_columns);
+  IF keys_excluded IS NOT NULL THEN
+    RAISE EXCEPTION 'the key column % of % cannot be excluded: it is the message key', keys_excluded, tbl
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Every event carries its key columns. Exclude other columns, or set the table up with another key.';
+  END IF;
+  -- An include list holds the key columns, first and in key order, then the others as given.
+  IF include_columns IS NOT NULL AND cardinality(include_columns) > 0 THEN
+    included := key_names || ARRAY(SELECT c.name FROM unnest(include_columns) WITH ORDINALITY AS c(name, n)
+                                   WHERE c.name <> ALL (key_names) GROUP BY c.name ORDER BY min(c.n));
+  END IF;
+  excluded := ARRAY(SELECT DISTINCT c FROM unnest(coalesce(exclude_columns, '{}')) c ORDER BY 1);
+  IF row_filter IS NOT NULL AND row_filter ~ '\S' AND NOT pg_has_role(session_user, current_user, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied: only the owner of schema pg2kafka (%) may give a row filter', current_user
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'The filter runs as that role, in the writers'' transactions. Ask its owner to set the table up.';
+  END IF;
+  filter := pg2kafka.deparse_row_filter(tbl, row_filter);
+  IF message_format IS NOT NULL AND message_format NOT IN ('pg2kafka', 'debezium', '') THEN
+    RAISE EXCEPTION 'message_format must be ''pg2kafka'' or ''debezium'', not %', quote_literal(message_format)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Leave it out to follow the relay''s MESSAGE_FORMAT.';
+  END IF;
+  format := nullif(message_format, '');
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.payload_settings(regclass, text[], text[], text[], text, text) FROM PUBLIC;
+
+-- How a table's payload settings read in a message: ' (excluding "password_hash"; rows where ...)'.
+CREATE OR REPLACE FUNCTION pg2kafka.payload_phrase(t pg2kafka.tracked_tables)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(' (' || nullif(concat_ws('; ',
+    CASE WHEN t.included_columns IS NOT NULL THEN 'only the columns ' || (SELECT string_agg(format('"%s"', c), ', ') FROM unnest(t.included_columns) c) END,
+    CASE WHEN cardinality(t.excluded_columns) > 0 THEN 'without the columns ' || (SELECT string_agg(format('"%s"', c), ', ') FROM unnest(t.excluded_columns) c) END,
+    CASE WHEN t.row_filter IS NOT NULL THEN 'rows where ' || replace(t.row_filter, 'pg2kafka_row.', '') END,
+    CASE WHEN t.tombstones THEN 'tombstones after deletes' END,
+    CASE WHEN t.message_format IS NOT NULL THEN 'format ' || t.message_format END), '') || ')', '')
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.payload_phrase(pg2kafka.tracked_tables) FROM PUBLIC;
+
+-- Before 0.2.0 setup had no snapshot argument, before 0.3.0 no payload settings. Dropping
+-- those versions (once, on upgrade) keeps setup('t', 'k') unambiguous; a GRANT EXECUTE on
+-- them must be given again.
 DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean);
+DROP FUNCTION IF EXISTS pg2kafka.setup(regclass, text, boolean, text);
 
 -- snapshot: 'online' (default), 'locked' (copy every row in setup's transaction, as
 -- before 0.2.0), or 'none' (capture changes only). external_id_name defaults to the
 -- table's primary key; a primary key of several columns makes a key of all of them (the
 -- message key is the JSON array of their values, sql/30_events.sql).
+-- Payload settings (payload_settings() checks them; NULL: not given): exclude_columns,
+-- include_columns, row_filter, tombstones, message_format. A table already set up keeps
+-- its settings: setup with others refuses and points to alter().
 CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name_ref regclass, external_id_name text DEFAULT NULL,
-                                          full_row boolean DEFAULT false, snapshot text DEFAULT 'online')
+                                          full_row boolean DEFAULT false, snapshot text DEFAULT 'online',
+                                          exclude_columns text[] DEFAULT NULL, include_columns text[] DEFAULT NULL,
+                                          row_filter text DEFAULT NULL, tombstones boolean DEFAULT NULL,
+                                          message_format text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -293,6 +492,9 @@ DECLARE
   qualified text;
   near_match name;
   snapshot_count bigint;
+  payload record;
+  settings_given boolean := exclude_columns IS NOT NULL OR include_columns IS NOT NULL OR row_filter IS NOT NULL
+                            OR tombstones IS NOT NULL OR message_format IS NOT NULL;
 BEGIN
   IF table_name_ref IS NULL OR full_row IS NULL OR snapshot IS NULL THEN
     RAISE EXCEPTION 'pg2kafka.setup(table [, external_id_column [, full_row [, snapshot]]]) needs a table, and no NULL in the others'
@@ -409,10 +611,22 @@ BEGIN
             HINT = format('To change the external id column, tear it down first: SELECT pg2kafka.teardown(%L); then %s',
                           qualified, pg2kafka.setup_call(qualified, key_names));
   END IF;
+  payload := pg2kafka.payload_settings(table_name_ref, key_names, exclude_columns, include_columns, row_filter, message_format);
+  IF FOUND AND registered.capturing AND settings_given AND (
+       registered.included_columns IS DISTINCT FROM payload.included
+       OR registered.excluded_columns IS DISTINCT FROM payload.excluded
+       OR registered.row_filter IS DISTINCT FROM payload.filter
+       OR registered.tombstones IS DISTINCT FROM coalesce(tombstones, false)
+       OR registered.message_format IS DISTINCT FROM payload.format) THEN
+    RAISE EXCEPTION '% is already set up with other payload settings%; nothing was changed',
+      qualified, pg2kafka.payload_phrase(registered)
+      USING ERRCODE = 'duplicate_object',
+            HINT = format('Change them with pg2kafka.alter(%L, ...): it applies them under the table lock, so no change is lost or sent twice.', qualified);
+  END IF;
   IF FOUND AND registered.capturing THEN
-    RAISE WARNING 'pg2kafka: % is already set up (%); nothing was changed',
-      qualified, pg2kafka.key_phrase(registered.key_columns)
-      USING HINT = format('To change its settings, call pg2kafka.teardown(%L) first.', qualified);
+    RAISE WARNING 'pg2kafka: % is already set up (%)%; nothing was changed',
+      qualified, pg2kafka.key_phrase(registered.key_columns), pg2kafka.payload_phrase(registered)
+      USING HINT = format('To change its payload settings, call pg2kafka.alter(%L, ...); to change its key, pg2kafka.teardown(%L) first.', qualified, qualified);
     RETURN;
   END IF;
   -- Queued events take the key of the table's current setup when they ship: another key
@@ -442,14 +656,15 @@ BEGIN
 
   PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
 
-  PERFORM pg2kafka.install_capture_triggers(table_name_ref);
+  PERFORM pg2kafka.install_capture_triggers(table_name_ref, payload.included, payload.excluded, payload.filter);
 
   -- Online needs a key to walk in order; a table of one chunk or less is copied here.
   online := false;
   IF snapshot = 'online' THEN
     BEGIN
-      EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s LIMIT %s) r',
-                     pg2kafka.snapshot_chunk_rows(), table_name_ref, pg2kafka.snapshot_chunk_rows() + 1)
+      EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s t WHERE %s LIMIT %s) r',
+                     pg2kafka.snapshot_chunk_rows(), table_name_ref,
+                     coalesce(pg2kafka.row_filter_on(payload.filter, 't'), 'true'), pg2kafka.snapshot_chunk_rows() + 1)
       INTO fits;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
@@ -470,8 +685,9 @@ BEGIN
     IF snapshot <> 'none' THEN
       BEGIN
         EXECUTE format(
-          'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, to_json(t) FROM %s t',
-          table_name_ref::oid, 'SNAPSHOT', table_name_ref);
+          'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, %s FROM %s t WHERE %s',
+          table_name_ref::oid, 'SNAPSHOT', pg2kafka.captured_row_sql('t', payload.included, payload.excluded),
+          table_name_ref, coalesce(pg2kafka.row_filter_on(payload.filter, 't'), 'true'));
       EXCEPTION WHEN insufficient_privilege THEN
         PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
       END;
@@ -481,19 +697,24 @@ BEGIN
 
   INSERT INTO pg2kafka.tracked_tables AS t
     (table_oid, schema_name, table_name, external_id_column, key_columns, full_row, capturing, snapshot_rows, triggers_version,
-     partition_triggers)
+     partition_triggers, included_columns, excluded_columns, row_filter, tombstones, message_format)
   VALUES (table_name_ref, rel.nspname, rel.relname, external_id_name, key_names, full_row, true, snapshot_count,
           pg2kafka.capture_triggers_version(),
           -- The partitions whose rows are copied now (or not, with snapshot 'none'): rows that
           -- a partition attached later brings are copied when the runners notice it.
-          pg2kafka.partition_triggers(table_name_ref))
+          pg2kafka.partition_triggers(table_name_ref),
+          payload.included, payload.excluded, payload.filter, coalesce(tombstones, false), payload.format)
   ON CONFLICT (table_oid) DO UPDATE SET
     schema_name = excluded.schema_name, table_name = excluded.table_name,
     external_id_column = excluded.external_id_column, key_columns = excluded.key_columns, full_row = excluded.full_row,
     capturing = true, snapshot_rows = excluded.snapshot_rows, triggers_version = excluded.triggers_version,
     partition_triggers = excluded.partition_triggers,
+    included_columns = excluded.included_columns, excluded_columns = excluded.excluded_columns,
+    row_filter = excluded.row_filter, tombstones = excluded.tombstones, message_format = excluded.message_format,
     set_up_at = now(), torn_down_at = NULL;
 
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref;
+  qualified := qualified || pg2kafka.payload_phrase(registered);
   IF online THEN
     RAISE NOTICE 'pg2kafka: capturing %; its existing rows%are copied online, in chunks, by the active relay (or pg2kafka snapshot, or CALL pg2kafka.run_snapshots())',
       qualified, coalesce((SELECT ' (about ' || p.rows_estimated || ') ' FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref), ' ');
@@ -504,7 +725,7 @@ BEGIN
   END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.setup(regclass, text, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.setup(regclass, text, boolean, text, text[], text[], text, boolean, text) FROM PUBLIC;
 
 -- Stops capturing; events already queued stay and are still shipped. DROP TRIGGER needs
 -- ACCESS EXCLUSIVE for an instant, requested with the same short, retried timeout.
@@ -535,3 +756,75 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.teardown(regclass) FROM PUBLIC;
+
+-- Changes the payload settings of a captured table (a setting left out, NULL, stays as it
+-- is; exclude_columns => '{}' or include_columns => '{}' lifts the column list,
+-- row_filter => '' the filter, message_format => '' follows the relay's MESSAGE_FORMAT).
+-- Under the table's lock (SHARE ROW EXCLUSIVE, as setup), in one transaction: a change
+-- committed before it is captured as before, one after it with the new settings, none
+-- lost or captured twice; a running online snapshot's chunk finishes first, the next
+-- ones copy with the new settings. Queued events keep what they were captured with; the
+-- format and tombstones apply to what ships from then on. A change that lets more out (a
+-- column, rows a filter kept back) sends nothing for rows as they are: resnapshot() does.
+CREATE OR REPLACE FUNCTION pg2kafka.alter(table_name_ref regclass, exclude_columns text[] DEFAULT NULL,
+                                          include_columns text[] DEFAULT NULL, row_filter text DEFAULT NULL,
+                                          tombstones boolean DEFAULT NULL, message_format text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+  registered pg2kafka.tracked_tables;
+  changed pg2kafka.tracked_tables;
+  payload record;
+BEGIN
+  IF table_name_ref IS NULL THEN
+    RAISE EXCEPTION 'pg2kafka.alter(table, exclude_columns => ..., include_columns => ..., row_filter => ..., tombstones => ..., message_format => ...) needs a table'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF exclude_columns IS NULL AND include_columns IS NULL AND row_filter IS NULL AND tombstones IS NULL AND message_format IS NULL THEN
+    RAISE EXCEPTION 'pg2kafka.alter(%) was given no setting to change', table_name_ref
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name one: exclude_columns, include_columns, row_filter, tombstones or message_format, e.g. pg2kafka.alter(''t'', exclude_columns => ''{secret}'').';
+  END IF;
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref AND t.capturing;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION '% is not set up', table_name_ref
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = format('Set it up with these settings instead: SELECT pg2kafka.setup(%L, ...);', table_name_ref::text);
+  END IF;
+  PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
+  -- After a running chunk of its snapshot; later ones read the new settings.
+  PERFORM 1 FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref FOR UPDATE;
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref FOR UPDATE;
+  payload := pg2kafka.payload_settings(table_name_ref, registered.key_columns,
+    CASE WHEN exclude_columns IS NOT NULL THEN exclude_columns WHEN include_columns IS NULL THEN registered.excluded_columns END,
+    CASE WHEN include_columns IS NOT NULL THEN include_columns WHEN exclude_columns IS NULL THEN registered.included_columns END,
+    row_filter, message_format);
+  changed := registered;
+  changed.included_columns := payload.included;
+  changed.excluded_columns := payload.excluded;
+  IF row_filter IS NOT NULL THEN changed.row_filter := payload.filter; END IF;
+  IF message_format IS NOT NULL THEN changed.message_format := payload.format; END IF;
+  changed.tombstones := coalesce(tombstones, registered.tombstones);
+  -- The rows of a partition attached since are queued first, while its trigger still
+  -- tells it apart (as migrate's refresh does).
+  PERFORM pg2kafka.queue_attached_partitions(table_name_ref);
+  PERFORM pg2kafka.install_capture_triggers(table_name_ref, changed.included_columns, changed.excluded_columns, changed.row_filter);
+  UPDATE pg2kafka.tracked_tables t
+  SET included_columns = changed.included_columns, excluded_columns = changed.excluded_columns,
+      row_filter = changed.row_filter, tombstones = changed.tombstones, message_format = changed.message_format,
+      triggers_version = pg2kafka.capture_triggers_version(), partition_triggers = pg2kafka.partition_triggers(table_name_ref)
+  WHERE t.table_oid = table_name_ref;
+  RAISE NOTICE 'pg2kafka: % is captured%', table_name_ref,
+    coalesce(nullif(pg2kafka.payload_phrase(changed), ''), ' with every column, every row')
+    USING HINT = CASE
+      WHEN (registered.included_columns IS NOT NULL AND (changed.included_columns IS NULL OR NOT changed.included_columns <@ registered.included_columns))
+        OR NOT registered.excluded_columns <@ changed.excluded_columns
+        OR (registered.row_filter IS NOT NULL AND changed.row_filter IS DISTINCT FROM registered.row_filter)
+      THEN format('Events carry more from now on; rows as they are now are sent again by SELECT pg2kafka.resnapshot(%L);', table_name_ref::text)
+      ELSE 'Queued events keep what they were captured with.' END;
+END
+$$;
+REVOKE ALL ON FUNCTION pg2kafka.alter(regclass, text[], text[], text, boolean, text) FROM PUBLIC;

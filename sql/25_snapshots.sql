@@ -302,6 +302,7 @@ DECLARE
   next_partition oid;
   walk_ended boolean;
   copied bigint := 0;
+  registered pg2kafka.tracked_tables;
 BEGIN
   IF tbl IS NULL OR chunk_rows IS NULL OR chunk_rows < 1 THEN
     RAISE EXCEPTION 'pg2kafka.snapshot_chunk(table [, chunk_rows]) needs a table and a positive number of rows'
@@ -363,18 +364,23 @@ BEGIN
       INTO bound USING s.after_keys, chunk_rows - 1;
     END IF;
 
+    -- Only the rows inside the table's row filter, and of them only the columns its
+    -- events carry (sql/20_setup.sql), as the capture triggers store them.
+    SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl;
     BEGIN
       EXECUTE format(
         'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
-         SELECT %1$L, %2$L, to_json(r) FROM (
+         SELECT %1$L, %2$L, %10$s FROM (
            SELECT * FROM %3$s t
-           WHERE (%8$s) AND ($1::text[] IS NULL OR (%4$s) > (%5$s)) AND ($2::text[] IS NULL OR (%4$s) <= (%6$s)) AND (%7$s)
+           WHERE (%8$s) AND ($1::text[] IS NULL OR (%4$s) > (%5$s)) AND ($2::text[] IS NULL OR (%4$s) <= (%6$s)) AND (%7$s) AND %9$s
            ORDER BY %4$s
            FOR SHARE) r',
         tbl::oid, 'SNAPSHOT', tbl, key_list, key_after, key_upto,
         -- The condition is the walk of the whole table's: a partition attached since is
         -- copied whole.
-        coalesce(CASE WHEN s.source_oid IS NULL THEN s.condition END, 'true'), scope)
+        coalesce(CASE WHEN s.source_oid IS NULL THEN s.condition END, 'true'), scope,
+        coalesce(pg2kafka.row_filter_on(registered.row_filter, 't'), 'true'),
+        pg2kafka.captured_row_sql('r', registered.included_columns, registered.excluded_columns))
       USING s.after_keys, bound;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);

@@ -16,6 +16,10 @@
 -- An UPDATE that changed the external id becomes two events with the same id: part 0, a
 -- DELETE of the old key, and part 1, an INSERT of the full row under the new key, so
 -- each key's history stays on its own partition. Order events by (id, part).
+-- A table set up with tombstones also gets, after each DELETE, a message of the same key
+-- with a null value (src/relay/events.ts, part 2): a Kafka message, not an event, so not
+-- a row here. Columns and rows left out by a table's payload settings never reach the
+-- queue (sql/10_capture_triggers.sql), so they are not here either.
 --
 -- external_id is the key column's JSON value as text (->>: strings unquoted), printed with
 -- the settings pinned by the triggers: strings and numbers exactly, timestamps as ISO 8601

@@ -27,10 +27,15 @@ Commands:
   relay                          ship queued events to Kafka (the default)
   migrate                        install or upgrade the pg2kafka schema
   setup <table> [<column>] [--full-row] [--snapshot=online|locked|none] [--background]
+        [--exclude=<columns> | --include=<columns>] [--filter=<condition>] [--tombstones]
+        [--format=pg2kafka|debezium]
                                  start capturing a table, keyed by <column> (default:
                                  its primary key), and copy its existing rows;
                                  several tables, or '<schema>.*' for every table of a
                                  schema, each with its primary key
+  alter <table> [--exclude=<columns> | --include=<columns>] [--filter=<condition>]
+        [--tombstones | --no-tombstones] [--format=pg2kafka|debezium|default]
+                                 change what a captured table's events carry
   teardown <table>               stop capturing a table
   snapshot [<table>...] [--background]
                                  copy the pending online snapshots now
@@ -88,6 +93,60 @@ function splitArgs(
     } else positional.push(arg);
   }
   return { positional, flags: seen, values };
+}
+
+const PAYLOAD_VALUES = ['--exclude', '--include', '--filter', '--format'];
+
+/** A column list option: names separated by commas ('' lifts the list, for alter). */
+function columnList(name: string, value: string | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  const columns = value === '' ? [] : value.split(',').map((c) => c.trim());
+  if (columns.some((c) => c === '')) {
+    throw new UsageError(
+      `${name} takes column names separated by commas, as in ${name}=password_hash,ssn; got "${value}"`,
+    );
+  }
+  return columns;
+}
+
+/** The payload settings of setup or alter from their options (undefined: not given). */
+function payloadOptions(
+  flags: Set<string>,
+  values: Map<string, string>,
+  command: 'setup' | 'alter',
+): import('./commands/setup.ts').PayloadOptions {
+  const exclude = columnList('--exclude', values.get('--exclude'));
+  const include = columnList('--include', values.get('--include'));
+  if ((exclude?.length ?? 0) > 0 && (include?.length ?? 0) > 0) {
+    throw new UsageError(
+      '--exclude and --include cannot be given together: --exclude keeps every column but those, --include only those (and the key)',
+    );
+  }
+  if (command === 'setup' && (exclude?.length === 0 || include?.length === 0)) {
+    throw new UsageError(
+      '--exclude= and --include= need column names (an empty list is for alter)',
+    );
+  }
+  if (flags.has('--tombstones') && flags.has('--no-tombstones')) {
+    throw new UsageError('--tombstones and --no-tombstones cannot be given together');
+  }
+  const format = values.get('--format');
+  const formats =
+    command === 'alter' ? ['pg2kafka', 'debezium', 'default'] : ['pg2kafka', 'debezium'];
+  if (format !== undefined && !formats.includes(format)) {
+    throw new UsageError(`--format must be ${formats.join(', ')}, not "${format}"`);
+  }
+  const filter = values.get('--filter');
+  if (command === 'setup' && filter !== undefined && filter.trim() === '') {
+    throw new UsageError('--filter needs a condition, as in --filter="status <> \'draft\'"');
+  }
+  return {
+    exclude,
+    include,
+    filter,
+    tombstones: flags.has('--tombstones') ? true : flags.has('--no-tombstones') ? false : undefined,
+    format: format === 'default' ? '' : (format as 'pg2kafka' | 'debezium' | undefined),
+  };
 }
 
 const SNAPSHOT_MODES = ['online', 'locked', 'none'] as const;
@@ -173,8 +232,8 @@ const COMMANDS: Record<string, Command> = {
     run: async (args, env) => {
       const { positional, flags, values } = splitArgs(
         args,
-        ['--full-row', '--background'],
-        ['--snapshot'],
+        ['--full-row', '--background', '--tombstones'],
+        ['--snapshot', ...PAYLOAD_VALUES],
       );
       if (positional.length < 1) {
         throw new UsageError(
@@ -185,6 +244,7 @@ const COMMANDS: Record<string, Command> = {
       const options = {
         fullRow: flags.has('--full-row'),
         snapshot: snapshotMode(values.get('--snapshot')),
+        payload: payloadOptions(flags, values, 'setup'),
       };
       const background = flags.has('--background');
       const config = parseConfig(env, { needsKafka: false });
@@ -272,6 +332,32 @@ const COMMANDS: Record<string, Command> = {
       );
       const code = await copyPendingCommand(config, pendingOf(results), background);
       return code !== 0 ? code : failed > 0 ? 1 : 0;
+    },
+  },
+  alter: {
+    help: async () => (await import('./commands/setup.ts')).alterHelp,
+    run: async (args, env) => {
+      const { positional, flags, values } = splitArgs(
+        args,
+        ['--tombstones', '--no-tombstones'],
+        PAYLOAD_VALUES,
+      );
+      expectArgs('alter', positional, 1, '<table> and the settings to change');
+      const payload = payloadOptions(flags, values, 'alter');
+      if (Object.values(payload).every((v) => v === undefined)) {
+        throw new UsageError(
+          'pg2kafka alter needs a setting to change: --exclude, --include, --filter, --tombstones, --no-tombstones or --format',
+        );
+      }
+      const config = parseConfig(env, { needsKafka: false });
+      const { alterCommand } = await import('./commands/setup.ts');
+      const result = await alterCommand(config, positional[0] ?? '', payload);
+      printWarnings(result.warnings);
+      process.stdout.write(
+        `${result.table} is captured${result.settings || ' with every column, every row'}\n`,
+      );
+      if (result.hint) process.stdout.write(`  hint: ${result.hint}\n`);
+      return 0;
     },
   },
   teardown: {

@@ -20,6 +20,8 @@ import { topicName, topicNameProblem } from '../relay/topics.ts';
 
 export const setupHelp = `Usage: pg2kafka setup <table> [<external-id-column>] [--full-row]
                       [--snapshot=online|locked|none] [--background]
+                      [--exclude=<column>,... | --include=<column>,...]
+                      [--filter=<condition>] [--tombstones] [--format=pg2kafka|debezium]
        pg2kafka setup <table> <table>... [--full-row] [--snapshot=...] [--background]
        pg2kafka setup '<schema>.*' [--full-row] [--snapshot=...] [--background]
 
@@ -46,8 +48,47 @@ by one; a table of the schema without a primary key is skipped. The exit code is
 one of them failed. With two arguments, the second is the key column when the first
 table has a column of that name, else a table.
 
-Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]);
+Payload control (see pg2kafka alter --help to change it later):
+  --exclude=a,b    events never carry these columns (nor does the queue); an UPDATE of
+                   only them sends nothing. Key columns cannot be excluded.
+  --include=a,b    events carry only these columns and the key columns.
+  --filter=<cond>  only rows where the condition holds (SQL on the row's columns, as in
+                   --filter="status <> 'draft'"): a row leaving it sends a DELETE, one
+                   entering it an INSERT. Only the owner of schema pg2kafka may give one.
+  --tombstones     a message with a null value after each DELETE (compacted topics).
+  --format=...     this table's message format (default: the relay's MESSAGE_FORMAT).
+A table already set up keeps its settings; setup with other ones fails and says so.
+
+Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]
+                               [, exclude_columns => '{a,b}'] [, include_columns => '{a,b}']
+                               [, row_filter => '<condition>'] [, tombstones => true]
+                               [, message_format => 'debezium']);
 `;
+
+export const alterHelp = `Usage: pg2kafka alter <table> [--exclude=<column>,... | --include=<column>,...]
+                      [--filter=<condition>] [--tombstones | --no-tombstones]
+                      [--format=pg2kafka|debezium|default]
+
+Changes the payload settings of a captured table (those of pg2kafka setup --help); a
+setting not given stays as it is. --exclude= or --include= with nothing after the "="
+lifts the column list, --filter= the row filter, --format=default follows the relay's
+MESSAGE_FORMAT. It takes the table's lock as setup does, so every change is captured
+once, with the settings before or after. Queued events keep what they were captured
+with. Letting more out (a column, rows the filter kept back) sends nothing for the rows
+as they are: pg2kafka resnapshot <table> sends them.
+
+Same as: SELECT pg2kafka.alter('<table>', exclude_columns => '{a,b}', row_filter => '...', ...);
+`;
+
+/** What of a table's rows leaves the database (pg2kafka.setup's and alter's settings). */
+export interface PayloadOptions {
+  exclude?: string[] | undefined;
+  include?: string[] | undefined;
+  filter?: string | undefined;
+  tombstones?: boolean | undefined;
+  /** '' follows the relay's MESSAGE_FORMAT (alter only). */
+  format?: 'pg2kafka' | 'debezium' | '' | undefined;
+}
 
 export const teardownHelp = `Usage: pg2kafka teardown <table>
 
@@ -270,6 +311,7 @@ export interface SetupOptions {
   column?: string | undefined;
   fullRow?: boolean;
   snapshot?: SnapshotMode;
+  payload?: PayloadOptions;
 }
 
 export async function setupCommand(
@@ -296,7 +338,7 @@ async function setupOne(
   options: SetupOptions,
   warnings: string[],
 ): Promise<SetupResult> {
-  const { column, fullRow = false, snapshot = 'online' } = options;
+  const { column, fullRow = false, snapshot = 'online', payload = {} } = options;
   warnings.length = 0;
   const described = await describeTable(
     sql,
@@ -321,7 +363,11 @@ async function setupOne(
   // and pg2kafka.snapshots whether it left a copy to run online.
   const outcome = await sql
     .begin(async (tx) => {
-      await tx`select pg2kafka.setup(${described.oid}::oid::regclass, ${column ?? null}, ${fullRow}, ${snapshot})`;
+      await tx`
+        select pg2kafka.setup(${described.oid}::oid::regclass, ${column ?? null}, ${fullRow}, ${snapshot},
+          exclude_columns => ${payload.exclude ?? null}::text[], include_columns => ${payload.include ?? null}::text[],
+          row_filter => ${payload.filter ?? null}, tombstones => ${payload.tombstones ?? null},
+          message_format => ${payload.format ?? null})`;
       const [row] = await tx<
         {
           column: string;
@@ -345,11 +391,13 @@ async function setupOne(
       const e = serverError(error);
       throw sortError(
         error,
-        e?.code === '42710'
-          ? changeHint(described.qualified, column, fullRow)
-          : e?.code === '42703' && column === undefined
-            ? `name its key column: ${setupLine(described.qualified, '<column>', fullRow)} (a unique NOT NULL column; its value becomes the Kafka message key)`
-            : undefined,
+        e?.code === '42710' && e.message.includes('payload settings')
+          ? `change them with pg2kafka alter ${shellWord(described.qualified)} (see pg2kafka alter --help): no change is lost or sent twice`
+          : e?.code === '42710'
+            ? changeHint(described.qualified, column, fullRow)
+            : e?.code === '42703' && column === undefined && e.message.includes('no primary key')
+              ? `name its key column: ${setupLine(described.qualified, '<column>', fullRow)} (a unique NOT NULL column; its value becomes the Kafka message key)`
+              : undefined,
       );
     });
   if (!outcome.changed) {
@@ -556,6 +604,61 @@ export async function teardownCommand(config: Config, table: string): Promise<Te
         throw sortError(error);
       });
     return { table: described.qualified, changed, warnings };
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+export interface AlterResult {
+  table: string;
+  /** The settings now, as PostgreSQL says them (' (without the columns "secret")'), or ''. */
+  settings: string;
+  /** PostgreSQL's hint: what to do for rows as they are (resnapshot), if anything. */
+  hint: string | undefined;
+  warnings: string[];
+}
+
+/** `pg2kafka alter <table> ...`: pg2kafka.alter() with the settings given. */
+export async function alterCommand(
+  config: Config,
+  table: string,
+  payload: PayloadOptions,
+): Promise<AlterResult> {
+  const warnings: string[] = [];
+  let hint: string | undefined;
+  const sql = openPool(config.databaseUrl, {
+    connection: { application_name: 'pg2kafka alter' },
+    onnotice: (notice) => {
+      if (notice.severity === 'WARNING') warnings.push(String(notice.message));
+      else if (String(notice.message).startsWith('pg2kafka:') && notice.hint) hint = notice.hint;
+    },
+  });
+  try {
+    await checkConnection(sql, config.databaseUrl);
+    warnings.push(...(await checkSchema(sql)).warnings);
+    const described = await describeTable(sql, table, (t) => `pg2kafka alter ${t}`);
+    const [row] = await sql
+      .begin(async (tx) => {
+        await tx`
+          select pg2kafka.alter(${described.oid}::oid::regclass,
+            exclude_columns => ${payload.exclude ?? null}::text[], include_columns => ${payload.include ?? null}::text[],
+            row_filter => ${payload.filter ?? null}, tombstones => ${payload.tombstones ?? null},
+            message_format => ${payload.format ?? null})`;
+        return tx<{ settings: string }[]>`
+          select pg2kafka.payload_phrase(t) as settings
+          from pg2kafka.tracked_tables t where t.table_oid = ${described.oid}::oid`;
+      })
+      .catch((error: unknown) => {
+        throw sortError(error);
+      });
+    return {
+      table: described.qualified,
+      settings: row?.settings ?? '',
+      hint: hint?.startsWith('Events carry more')
+        ? `events carry more from now on; to send the rows as they are: pg2kafka resnapshot ${shellWord(described.qualified)}`
+        : undefined,
+      warnings,
+    };
   } finally {
     await sql.end({ timeout: 2 });
   }

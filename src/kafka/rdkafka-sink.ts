@@ -949,7 +949,7 @@ export class RdkafkaSink implements EventSink {
           this.producer.produce(
             m.topic,
             m.partition ?? null,
-            Buffer.from(m.value),
+            m.value === null ? null : Buffer.from(m.value),
             m.key,
             Number(m.timestamp),
             { pending, index },

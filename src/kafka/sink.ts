@@ -8,7 +8,8 @@
 export interface OutboundMessage {
   topic: string;
   key: string | null;
-  value: string;
+  /** null: a tombstone. */
+  value: string | null;
   /** Epoch milliseconds, as a decimal string. */
   timestamp: string;
   headers: Record<string, string>;
@@ -88,7 +89,7 @@ export interface Transactions {
 
 /** Bytes a message adds to a produce request: key, value, headers, record framing. */
 export function messageBytes(m: OutboundMessage): number {
-  let bytes = RECORD_OVERHEAD_BYTES + Buffer.byteLength(m.value);
+  let bytes = RECORD_OVERHEAD_BYTES + (m.value === null ? 0 : Buffer.byteLength(m.value));
   if (m.key !== null) bytes += Buffer.byteLength(m.key);
   for (const name in m.headers) bytes += name.length + Buffer.byteLength(m.headers[name] ?? '');
   return bytes;

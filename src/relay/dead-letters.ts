@@ -23,7 +23,7 @@ export interface DeadLetterEntry {
   tableName: string;
   topic: string;
   externalId: string | null;
-  payload: string;
+  payload: string | null;
   errorCode: string;
   reason: string;
   attempts: number;

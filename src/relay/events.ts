@@ -9,6 +9,9 @@
  *   DELETE             data = {} (the full old row in full-row mode)
  *   TRUNCATE           data = {}, external_id null
  *   UPDATE of the key  part 0: DELETE of the old key; part 1: INSERT of the new row
+ *   a table with tombstones: after each DELETE (of either kind) part 2, a TOMBSTONE: the
+ *                      same key with a null value, for compacted topics (none for a
+ *                      NULL key, which a compacted topic refuses)
  *
  * Row data stays text from the database to Kafka: never parsed, so big integers and
  * exact numerics keep every digit. The event uuid is the view's: RFC 4122 version 3 of
@@ -25,6 +28,8 @@ export interface CapturedChange {
   tableName: string;
   statement: 'SNAPSHOT' | 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE';
   fullRow: boolean;
+  /** The table sends a tombstone after each DELETE. */
+  tombstones: boolean;
   newRow: string | null;
   oldRow: string | null;
   newKey: string | null;
@@ -51,8 +56,11 @@ export interface QueuedEvent {
   uuid: string;
   /** created_at in epoch milliseconds, as Kafka wants timestamps. */
   timestampMs: string;
-  /** The message value: the original pg2kafka's JSON, row data passed through as text. */
-  value: string;
+  /**
+   * The message value: the original pg2kafka's JSON, row data passed through as text;
+   * null for a tombstone.
+   */
+  value: string | null;
   /**
    * Key columns its row image does not have (renamed or dropped since setup): such an
    * event has no key, and must not ship. Absent when the key is there (even if NULL).
@@ -134,6 +142,7 @@ export class EventBuilder {
         return;
       case 'DELETE':
         out.push(this.event(change, at, 1, statement, oldKey, fullRow ? oldRow : null));
+        this.tombstone(change, at, oldKey, out);
         return;
       case 'TRUNCATE':
         out.push(this.event(change, at, 1, statement, null, null));
@@ -144,12 +153,27 @@ export class EventBuilder {
             this.event(change, at, 0, 'DELETE', oldKey, fullRow ? oldRow : null),
             this.event(change, at, 1, 'INSERT', newKey, newRow),
           );
+          this.tombstone(change, at, oldKey, out);
           return;
         }
         out.push(
           this.event(change, at, 1, statement, newKey, fullRow ? newRow : change.changedColumns),
         );
     }
+  }
+
+  /** The tombstone after a DELETE of `key`, for a table that sends them. */
+  private tombstone(
+    change: CapturedChange,
+    at: { createdAt: string; timestampMs: string },
+    key: string | null,
+    out: QueuedEvent[],
+  ): void {
+    if (!change.tombstones || key === null) return;
+    const event = this.event(change, at, 2, 'TOMBSTONE', key, null);
+    // Its key is the DELETE's: a missing key column holds that one back already.
+    delete event.keyMissing;
+    out.push({ ...event, value: null });
   }
 
   private event(
@@ -160,7 +184,10 @@ export class EventBuilder {
     externalId: string | null,
     data: string | null,
   ): QueuedEvent {
-    const uuid = this.uuids.of(change.namespace, part === 0 ? `${change.id}:old-key` : change.id);
+    const uuid = this.uuids.of(
+      change.namespace,
+      part === 0 ? `${change.id}:old-key` : part === 2 ? `${change.id}:tombstone` : change.id,
+    );
     const event: QueuedEvent = {
       id: change.id,
       part,

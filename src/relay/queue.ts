@@ -68,7 +68,7 @@ export class EventQueue {
       select c.id::text as id, c.table_oid::int8::text as table_oid,
              coalesce(ns.nspname::text, t.schema_name) as schema_name,
              coalesce(cl.relname::text, t.table_name) as table_name,
-             c.statement, t.full_row, to_json(t.key_columns)::text as key_columns,
+             c.statement, t.full_row, t.tombstones, to_json(t.key_columns)::text as key_columns,
              c.new_row::text as new_row, c.old_row::text as old_row,
              k.new_key, k.old_key,
              case when c.statement = 'UPDATE' and not t.full_row and k.new_key is not distinct from k.old_key

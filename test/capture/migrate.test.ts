@@ -32,6 +32,7 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0005_snapshots',
       '0006_key_columns',
       '0007_partition_snapshots',
+      '0008_payload_control',
     ],
     functionsUpdated: true,
     triggersRefreshed: [],
@@ -82,9 +83,10 @@ test('two migrations at once both succeed and install once', async () => {
     '0005_snapshots',
     '0006_key_columns',
     '0007_partition_snapshots',
+    '0008_payload_control',
   ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 7);
+  assert.equal(count?.n, 8);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

@@ -122,7 +122,7 @@ test('a batch partly held back drops the batch read ahead: a key never overtakes
       messages.map((m) => {
         // The first send: Kafka has no leader for topic "held" (retriable) once.
         if (call === 1 && m.topic.endsWith('.held')) {
-          refused.add(m.value);
+          refused.add(m.value ?? '');
           return {
             status: 'refused',
             retriable: true,
@@ -141,7 +141,7 @@ test('a batch partly held back drops the batch read ahead: a key never overtakes
   const held = sink.sends
     .flat()
     .filter((m) => m.topic.endsWith('.held') && !(sink.sends[0]?.includes(m) ?? false))
-    .map((m) => (JSON.parse(m.value) as { statement: string }).statement);
+    .map((m) => (JSON.parse(m.value ?? 'null') as { statement: string }).statement);
   assert.equal(refused.size, 1);
   assert.deepEqual(held, ['INSERT', 'UPDATE'], 'held:1 INSERT must ship again before its UPDATE');
   await sql`select pg2kafka.teardown('held')`;
@@ -202,7 +202,8 @@ test('a refused event parks its key: later events of that key follow it into dea
   sink.answer = (messages) =>
     Promise.resolve(
       messages.map((m) =>
-        m.key === '1' && (JSON.parse(m.value) as { statement: string }).statement === 'INSERT'
+        m.key === '1' &&
+        (JSON.parse(m.value ?? 'null') as { statement: string }).statement === 'INSERT'
           ? {
               status: 'refused',
               retriable: false,
