@@ -28,13 +28,12 @@ Commands:
   migrate                        install or upgrade the pg2kafka schema
   setup <table> [<column>] [--full-row] [--snapshot=online|locked|none] [--background]
         [--exclude=<columns> | --include=<columns>] [--filter=<condition>] [--tombstones]
-        [--format=pg2kafka|debezium]
                                  start capturing a table, keyed by <column> (default:
                                  its primary key), and copy its existing rows;
                                  several tables, or '<schema>.*' for every table of a
                                  schema, each with its primary key
   alter <table> [--exclude=<columns> | --include=<columns>] [--filter=<condition>]
-        [--tombstones | --no-tombstones] [--format=pg2kafka|debezium|default]
+        [--tombstones | --no-tombstones]
                                  change what a captured table's events carry
   teardown <table>               stop capturing a table
   snapshot [<table>...] [--background]
@@ -95,7 +94,7 @@ function splitArgs(
   return { positional, flags: seen, values };
 }
 
-const PAYLOAD_VALUES = ['--exclude', '--include', '--filter', '--format'];
+const PAYLOAD_VALUES = ['--exclude', '--include', '--filter'];
 
 /** A column list option: names separated by commas ('' lifts the list, for alter). */
 function columnList(name: string, value: string | undefined): string[] | undefined {
@@ -130,12 +129,6 @@ function payloadOptions(
   if (flags.has('--tombstones') && flags.has('--no-tombstones')) {
     throw new UsageError('--tombstones and --no-tombstones cannot be given together');
   }
-  const format = values.get('--format');
-  const formats =
-    command === 'alter' ? ['pg2kafka', 'debezium', 'default'] : ['pg2kafka', 'debezium'];
-  if (format !== undefined && !formats.includes(format)) {
-    throw new UsageError(`--format must be ${formats.join(', ')}, not "${format}"`);
-  }
   const filter = values.get('--filter');
   if (command === 'setup' && filter !== undefined && filter.trim() === '') {
     throw new UsageError('--filter needs a condition, as in --filter="status <> \'draft\'"');
@@ -145,7 +138,6 @@ function payloadOptions(
     include,
     filter,
     tombstones: flags.has('--tombstones') ? true : flags.has('--no-tombstones') ? false : undefined,
-    format: format === 'default' ? '' : (format as 'pg2kafka' | 'debezium' | undefined),
   };
 }
 
@@ -346,7 +338,7 @@ const COMMANDS: Record<string, Command> = {
       const payload = payloadOptions(flags, values, 'alter');
       if (Object.values(payload).every((v) => v === undefined)) {
         throw new UsageError(
-          'pg2kafka alter needs a setting to change: --exclude, --include, --filter, --tombstones, --no-tombstones or --format',
+          'pg2kafka alter needs a setting to change: --exclude, --include, --filter, --tombstones or --no-tombstones',
         );
       }
       const config = parseConfig(env, { needsKafka: false });

@@ -3,7 +3,9 @@
  * 100k-row table with the trigger and on an identical table without it, measured with
  * pgbench in one run, the two sides alternated round by round (this machine is shared
  * and noisy). Each round gives one ratio tracked / plain; the report shows their median
- * and range.
+ * and range. The 16-writer cases also measure payload control: a table set up with a row
+ * filter that every row passes (the WHEN clauses' cost, every event still written) and
+ * one with an excluded column (the projected capture).
  */
 import postgres from 'postgres';
 import type { BenchContext, Measure, Target } from '../report.ts';
@@ -16,6 +18,8 @@ interface WriterCase {
   synchronousCommit: 'on' | 'off';
   target?: Target;
   note?: string;
+  /** Also measure the tables set up with a row filter and with an excluded column. */
+  payload?: boolean;
 }
 
 const CASES: WriterCase[] = [
@@ -25,6 +29,7 @@ const CASES: WriterCase[] = [
     clients: 16,
     synchronousCommit: 'on',
     target: { op: '>=', value: 0.8 },
+    payload: true,
   },
   {
     name: 'UPDATE, 16 writers, sync commit on',
@@ -32,6 +37,7 @@ const CASES: WriterCase[] = [
     clients: 16,
     synchronousCommit: 'on',
     target: { op: '>=', value: 0.7 },
+    payload: true,
   },
   {
     name: 'INSERT, 2 writers, sync commit off',
@@ -58,6 +64,8 @@ const CASES: WriterCase[] = [
 
 const ROWS = 100_000;
 const SIDES = ['plain', 'tracked'] as const;
+const PAYLOAD_SIDES = ['plain', 'tracked', 'filtered', 'excluded'] as const;
+type Side = (typeof PAYLOAD_SIDES)[number];
 
 function script(statement: WriterCase['statement'], table: string): string {
   switch (statement) {
@@ -77,16 +85,19 @@ export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
   const sql = postgres(db.url, { max: 1, onnotice: () => undefined });
   const measures: Measure[] = [];
   try {
-    for (const table of SIDES) {
+    for (const table of PAYLOAD_SIDES) {
       await createItems(sql, table, ROWS);
       await sql.unsafe(`vacuum analyze ${table}`);
     }
     await sql`select pg2kafka.setup('tracked', 'sku')`;
+    await sql`select pg2kafka.setup('filtered', 'sku', row_filter => 'price > 0')`;
+    await sql`select pg2kafka.setup('excluded', 'sku', exclude_columns => '{description}')`;
     await sql`delete from pg2kafka.captured_changes`;
     for (const c of CASES) {
-      const tps = { plain: [] as number[], tracked: [] as number[] };
+      const sides: readonly Side[] = c.payload ? PAYLOAD_SIDES : SIDES;
+      const tps: Record<Side, number[]> = { plain: [], tracked: [], filtered: [], excluded: [] };
       for (let round = 0; round < rounds; round += 1) {
-        for (const side of rotated(SIDES, round)) {
+        for (const side of rotated(sides, round)) {
           await sql`delete from pg2kafka.captured_changes`;
           await sql`checkpoint`;
           tps[side].push(
@@ -100,7 +111,7 @@ export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
           );
         }
         ctx.log(
-          `${c.name}, round ${round + 1}/${rounds}: plain ${tps.plain.at(-1)?.toFixed(0)}, tracked ${tps.tracked.at(-1)?.toFixed(0)} statements/s`,
+          `${c.name}, round ${round + 1}/${rounds}: ${sides.map((side) => `${side} ${tps[side].at(-1)?.toFixed(0)}`).join(', ')} statements/s`,
         );
       }
       const perRow = c.statement === 'bulk' ? 10_000 : 1;
@@ -120,6 +131,15 @@ export async function writerOverhead(ctx: BenchContext): Promise<Measure[]> {
           samples: tps.tracked.map((t) => t * perRow),
           note: `plain: ${Math.round(median(tps.plain) * perRow).toLocaleString('en-US')} rows/s`,
         },
+        ...(c.payload
+          ? (['filtered', 'excluded'] as const).map((side) => ({
+              case: 'writers',
+              measure: `${c.name}: ${side === 'filtered' ? 'row filter (every row passes)' : 'one column excluded'} / plain`,
+              unit: '',
+              samples: tps.plain.map((p, i) => (tps[side][i] ?? 0) / p),
+              note: 'payload control',
+            }))
+          : []),
       );
     }
     return measures;

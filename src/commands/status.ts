@@ -39,6 +39,8 @@ export interface Status {
     table: string;
     externalIdColumn: string;
     fullRow: boolean;
+    /** Its payload settings as PostgreSQL says them, '(without the columns "ssn"; …)'; '' for none. */
+    payload: string;
     capturing: boolean;
     /** False when the external id column was renamed or dropped: keys come out NULL. */
     keyColumnExists: boolean;
@@ -101,6 +103,7 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
       table: string;
       column: string;
       full_row: boolean;
+      payload: string;
       capturing: boolean;
       key_exists: boolean;
       disabled: string[];
@@ -114,6 +117,7 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
     select case when c.oid is null then format('%I.%I', t.schema_name, t.table_name) || ' (dropped)'
                 else format('%I.%I', n.nspname, c.relname) end as table,
            t.external_id_column as column, t.full_row, t.capturing,
+           ltrim(pg2kafka.payload_phrase(t)) as payload,
            not exists (select 1 from unnest(t.key_columns) k(name)
                        where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
                                          and a.attname = k.name and not a.attisdropped)) as key_exists,
@@ -184,6 +188,7 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
       table: t.table,
       externalIdColumn: t.column,
       fullRow: t.full_row,
+      payload: t.payload,
       capturing: t.capturing,
       keyColumnExists: t.key_exists,
       triggersDisabled: t.disabled,
@@ -261,7 +266,7 @@ export function formatStatus(status: Status): string {
     status.tables.length === 0 ? 'tables: none set up' : 'tables:',
     ...status.tables.map(
       (t) =>
-        `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.capturing ? '' : ' (torn down)'}` +
+        `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.payload ? ` ${t.payload}` : ''}${t.capturing ? '' : ' (torn down)'}` +
         `${t.keyColumnExists ? '' : ' (KEY COLUMN MISSING: renamed or dropped; run teardown and setup again)'}: ` +
         `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
     ),

@@ -188,7 +188,7 @@ test('bad payload settings are refused with what to do, and change nothing', asy
       ['setup', 'profiles', '--filter=id in (select 1)'],
       /cannot be evaluated by a trigger[\s\S]*no subquery/,
     ],
-    [['setup', 'profiles', '--format=avro'], /--format must be pg2kafka, debezium/],
+    [['setup', 'profiles', '--format=debezium'], /unknown option --format=debezium/],
     [['alter', 'profiles', '--tombstones'], /public.profiles is not set up/],
   ];
   for (const [args, expected] of cases) {
@@ -196,6 +196,10 @@ test('bad payload settings are refused with what to do, and change nothing', asy
     assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
     assert.match(result.stderr, expected, args.join(' '));
   }
+  await assert.rejects(
+    db.sql`select pg2kafka.setup('profiles', message_format => 'debezium')`,
+    /message_format 'debezium' is not available yet/,
+  );
   const [tracked] = await db.sql<
     { n: number }[]
   >`select count(*)::int as n from pg2kafka.tracked_tables where table_name = 'profiles'`;
@@ -211,4 +215,7 @@ test('bad payload settings are refused with what to do, and change nothing', asy
   const [settings] = await db.sql<{ excluded: string[] }[]>`
     select excluded_columns as excluded from pg2kafka.tracked_tables where table_name = 'profiles'`;
   assert.deepEqual(settings?.excluded, ['email'], 'setup without settings keeps them');
+  const status = await runCli(['status'], cliEnv(db.url));
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /public\.profiles key=id \(without the columns "email"\): 0 queued/);
 });
