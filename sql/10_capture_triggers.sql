@@ -100,22 +100,35 @@ $$;
 
 -- Tables set up with a column list (include or exclude, sql/20_setup.sql): the same
 -- three captures, storing only the columns events may carry, so a column left out never
--- reaches the queue. TG_ARGV[1] is 'include' or 'exclude', TG_ARGV[2] the column names as
--- an array literal. Each value keeps its JSON text as to_json printed it (json_each, not
--- jsonb, which would rewrite 1e+20 and reorder a json value's keys); the row prints in
--- to_json's compact form, in column order. An UPDATE whose kept columns print the same
--- (only left-out columns changed) stores nothing. Only these tables pay for it.
-CREATE OR REPLACE FUNCTION pg2kafka.project_row(r json, mode text, columns text[])
+-- reaches the queue. TG_ARGV[1] is 'include' or 'exclude', TG_ARGV[2] the column names and
+-- TG_ARGV[3] the key columns, as array literals. Each value keeps its JSON text as to_json
+-- printed it (json_each, not jsonb, which would rewrite 1e+20 and reorder a json value's
+-- keys); the row prints in to_json's compact form, in column order. An UPDATE whose kept
+-- columns print the same (only left-out columns changed) stores nothing. Only these
+-- tables pay for it.
+-- Names are what the lists hold, and a rename is not followed: a row that lacks one of
+-- its excluded columns (renamed, or dropped) keeps only its key columns, so a renamed
+-- secret is never sent under its new name; pg2kafka status names the column, and alter()
+-- with the new names sets it right.
+DROP FUNCTION IF EXISTS pg2kafka.project_row(json, text, text[]);
+CREATE OR REPLACE FUNCTION pg2kafka.project_row(r json, mode text, columns text[], key_columns text[])
 RETURNS json
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
   SELECT ('{' OPERATOR(pg_catalog.||)
-          coalesce(pg_catalog.string_agg(pg_catalog.to_json(j.key)::text OPERATOR(pg_catalog.||) ':'
-                                         OPERATOR(pg_catalog.||) j.value::text, ',' ORDER BY j.n), '')
+          coalesce(CASE
+            WHEN mode = 'exclude' AND pg_catalog.count(*) FILTER (WHERE j.key OPERATOR(pg_catalog.=) ANY (columns))
+                                      OPERATOR(pg_catalog.<) pg_catalog.cardinality(columns)
+            THEN pg_catalog.string_agg(j.entry, ',' ORDER BY j.n) FILTER (WHERE j.key OPERATOR(pg_catalog.=) ANY (key_columns))
+            ELSE pg_catalog.string_agg(j.entry, ',' ORDER BY j.n)
+                   FILTER (WHERE CASE WHEN mode = 'include' THEN j.key OPERATOR(pg_catalog.=) ANY (columns)
+                                      ELSE j.key OPERATOR(pg_catalog.<>) ALL (columns) END)
+          END, '')
           OPERATOR(pg_catalog.||) '}')::json
-  FROM pg_catalog.json_each(r) WITH ORDINALITY AS j(key, value, n)
-  WHERE CASE WHEN mode = 'include' THEN j.key OPERATOR(pg_catalog.=) ANY (columns)
-             ELSE j.key OPERATOR(pg_catalog.<>) ALL (columns) END
+  FROM (
+    SELECT e.key, e.n, pg_catalog.to_json(e.key)::text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) e.value::text AS entry
+    FROM pg_catalog.json_each(r) WITH ORDINALITY AS e(key, value, n)
+  ) AS j
 $$;
 
 CREATE OR REPLACE FUNCTION pg2kafka.capture_insert_projected() RETURNS trigger
@@ -129,7 +142,7 @@ SET bytea_output = 'hex'
 AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row)
-  VALUES (TG_ARGV[0]::oid, 'INSERT', pg2kafka.project_row(to_json(NEW), TG_ARGV[1], TG_ARGV[2]::text[]));
+  VALUES (TG_ARGV[0]::oid, 'INSERT', pg2kafka.project_row(to_json(NEW), TG_ARGV[1], TG_ARGV[2]::text[], TG_ARGV[3]::text[]));
   RETURN NULL;
 END
 $$;
@@ -145,8 +158,9 @@ SET bytea_output = 'hex'
 AS $$
 DECLARE
   columns text[] := TG_ARGV[2]::text[];
-  new_row json := pg2kafka.project_row(to_json(NEW), TG_ARGV[1], columns);
-  old_row json := pg2kafka.project_row(to_json(OLD), TG_ARGV[1], columns);
+  key_columns text[] := TG_ARGV[3]::text[];
+  new_row json := pg2kafka.project_row(to_json(NEW), TG_ARGV[1], columns, key_columns);
+  old_row json := pg2kafka.project_row(to_json(OLD), TG_ARGV[1], columns, key_columns);
 BEGIN
   IF new_row::text <> old_row::text THEN
     INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row, old_row)
@@ -167,7 +181,7 @@ SET bytea_output = 'hex'
 AS $$
 BEGIN
   INSERT INTO pg2kafka.captured_changes (table_oid, statement, old_row)
-  VALUES (TG_ARGV[0]::oid, 'DELETE', pg2kafka.project_row(to_json(OLD), TG_ARGV[1], TG_ARGV[2]::text[]));
+  VALUES (TG_ARGV[0]::oid, 'DELETE', pg2kafka.project_row(to_json(OLD), TG_ARGV[1], TG_ARGV[2]::text[], TG_ARGV[3]::text[]));
   RETURN NULL;
 END
 $$;

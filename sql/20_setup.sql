@@ -186,7 +186,7 @@ REVOKE ALL ON FUNCTION pg2kafka.drop_capture_triggers(regclass) FROM PUBLIC;
 -- (src/capture/migrate.ts), since setup() leaves a table it already captures alone.
 CREATE OR REPLACE FUNCTION pg2kafka.capture_triggers_version() RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT 3 $$;
+AS $$ SELECT 4 $$;
 
 -- A row filter as stored (tracked_tables.row_filter: PostgreSQL's own print of it, with
 -- the row named pg2kafka_row) on the row named `name`: NEW or OLD in a trigger's WHEN,
@@ -260,7 +260,8 @@ REVOKE ALL ON FUNCTION pg2kafka.deparse_row_filter(regclass, text) FROM PUBLIC;
 --   row). All of it evaluated in WHEN clauses, in C, before any plpgsql runs.
 -- Before 0.3.0 it took the table only; a call with one argument must not be ambiguous.
 DROP FUNCTION IF EXISTS pg2kafka.install_capture_triggers(regclass);
-CREATE OR REPLACE FUNCTION pg2kafka.install_capture_triggers(tbl regclass, included_columns text[] DEFAULT NULL,
+DROP FUNCTION IF EXISTS pg2kafka.install_capture_triggers(regclass, text[], text[], text);
+CREATE OR REPLACE FUNCTION pg2kafka.install_capture_triggers(tbl regclass, key_columns text[], included_columns text[] DEFAULT NULL,
                                                              excluded_columns text[] DEFAULT '{}', row_filter text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
@@ -275,9 +276,10 @@ BEGIN
   PERFORM pg2kafka.drop_capture_triggers(tbl);
   IF included_columns IS NOT NULL OR cardinality(excluded_columns) > 0 THEN
     capture := '_projected';
-    args := format('%L, %L, %L', tbl::oid,
+    args := format('%L, %L, %L, %L', tbl::oid,
                    CASE WHEN included_columns IS NOT NULL THEN 'include' ELSE 'exclude' END,
-                   coalesce(included_columns, excluded_columns)::text);
+                   coalesce(included_columns, excluded_columns)::text,
+                   key_columns::text);
   END IF;
   IF row_filter IS NOT NULL THEN
     in_new := pg2kafka.row_filter_on(row_filter, 'NEW');
@@ -317,22 +319,23 @@ EXCEPTION WHEN feature_not_supported THEN
           HINT = 'A row filter may use the row''s columns, operators and functions, but no subquery.';
 END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.install_capture_triggers(regclass, text[], text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.install_capture_triggers(regclass, text[], text[], text[], text) FROM PUBLIC;
 
--- The JSON of a row of `tbl` (named `alias` in the query) as the capture triggers store it:
--- only the columns of its list, if it has one. For the snapshots' INSERT ... SELECT.
-CREATE OR REPLACE FUNCTION pg2kafka.captured_row_sql(alias text, included_columns text[], excluded_columns text[])
+-- The JSON of a row (named `alias` in the query) as the capture triggers store it: only
+-- the columns of its list, if it has one. For the snapshots' INSERT ... SELECT.
+DROP FUNCTION IF EXISTS pg2kafka.captured_row_sql(text, text[], text[]);
+CREATE OR REPLACE FUNCTION pg2kafka.captured_row_sql(alias text, included_columns text[], excluded_columns text[], key_columns text[])
 RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT CASE
-    WHEN included_columns IS NOT NULL THEN format('pg2kafka.project_row(to_json(%s), %L, %L)', alias, 'include', included_columns)
-    WHEN cardinality(excluded_columns) > 0 THEN format('pg2kafka.project_row(to_json(%s), %L, %L)', alias, 'exclude', excluded_columns)
+    WHEN included_columns IS NOT NULL THEN format('pg2kafka.project_row(to_json(%s), %L, %L, %L)', alias, 'include', included_columns, key_columns)
+    WHEN cardinality(excluded_columns) > 0 THEN format('pg2kafka.project_row(to_json(%s), %L, %L, %L)', alias, 'exclude', excluded_columns, key_columns)
     ELSE format('to_json(%s)', alias)
   END
 $$;
-REVOKE ALL ON FUNCTION pg2kafka.captured_row_sql(text, text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2kafka.captured_row_sql(text, text[], text[], text[]) FROM PUBLIC;
 
 -- For migrate: brings the triggers of a captured table to the current version, under the
 -- same short, retried lock as setup (lock_not_available when it cannot be taken).
@@ -346,7 +349,7 @@ BEGIN
   -- New triggers on the partitions too: the rows of one attached since the last look are
   -- queued first, while its trigger still tells it apart.
   PERFORM pg2kafka.queue_attached_partitions(tbl);
-  PERFORM pg2kafka.install_capture_triggers(tbl, t.included_columns, t.excluded_columns, t.row_filter)
+  PERFORM pg2kafka.install_capture_triggers(tbl, t.key_columns, t.included_columns, t.excluded_columns, t.row_filter)
   FROM pg2kafka.tracked_tables t WHERE t.table_oid = tbl;
   UPDATE pg2kafka.tracked_tables t
   SET triggers_version = pg2kafka.capture_triggers_version(), partition_triggers = pg2kafka.partition_triggers(tbl)
@@ -391,7 +394,7 @@ DECLARE
   unknown text;
   keys_excluded text;
 BEGIN
-  IF exclude_columns IS NOT NULL AND include_columns IS NOT NULL AND cardinality(include_columns) > 0 THEN
+  IF cardinality(exclude_columns) > 0 AND cardinality(include_columns) > 0 THEN
     RAISE EXCEPTION 'give exclude_columns or include_columns, not both'
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'exclude_columns: every column but these (a column added later is carried); include_columns: only these (and the key).';
@@ -663,15 +666,15 @@ BEGIN
 
   PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
 
-  PERFORM pg2kafka.install_capture_triggers(table_name_ref, payload.included, payload.excluded, payload.filter);
+  PERFORM pg2kafka.install_capture_triggers(table_name_ref, key_names, payload.included, payload.excluded, payload.filter);
 
   -- Online needs a key to walk in order; a table of one chunk or less is copied here.
   online := false;
   IF snapshot = 'online' THEN
     BEGIN
-      EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s t WHERE %s LIMIT %s) r',
-                     pg2kafka.snapshot_chunk_rows(), table_name_ref,
-                     coalesce(pg2kafka.row_filter_on(payload.filter, 't'), 'true'), pg2kafka.snapshot_chunk_rows() + 1)
+      -- Every row counts, also with a row filter: a copy under the lock reads them all.
+    EXECUTE format('SELECT count(*) <= %s FROM (SELECT 1 FROM %s LIMIT %s) r',
+                   pg2kafka.snapshot_chunk_rows(), table_name_ref, pg2kafka.snapshot_chunk_rows() + 1)
       INTO fits;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
@@ -693,7 +696,7 @@ BEGIN
       BEGIN
         EXECUTE format(
           'INSERT INTO pg2kafka.captured_changes (table_oid, statement, new_row) SELECT %L, %L, %s FROM %s t WHERE %s',
-          table_name_ref::oid, 'SNAPSHOT', pg2kafka.captured_row_sql('t', payload.included, payload.excluded),
+          table_name_ref::oid, 'SNAPSHOT', pg2kafka.captured_row_sql('t', payload.included, payload.excluded, key_names),
           table_name_ref, coalesce(pg2kafka.row_filter_on(payload.filter, 't'), 'true'));
       EXCEPTION WHEN insufficient_privilege THEN
         PERFORM pg2kafka.raise_snapshot_denied(table_name_ref, SQLERRM);
@@ -753,6 +756,9 @@ BEGIN
     RAISE WARNING 'pg2kafka: % is not set up; nothing was changed', table_name_ref;
     RETURN;
   END IF;
+  -- In turn with setup() and alter(), which hold a snapshot's progress row while they
+  -- wait for the table.
+  PERFORM pg_advisory_xact_lock(hashtext('pg2kafka.setup'), table_name_ref::oid::int4);
   PERFORM pg2kafka.lock_table(table_name_ref, 'ACCESS EXCLUSIVE');
   PERFORM pg2kafka.drop_capture_triggers(table_name_ref);
   UPDATE pg2kafka.tracked_tables t SET capturing = false, torn_down_at = now() WHERE t.table_oid = table_name_ref;
@@ -795,16 +801,26 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Name one: exclude_columns, include_columns, row_filter, tombstones or message_format, e.g. pg2kafka.alter(''t'', exclude_columns => ''{secret}'').';
   END IF;
-  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref AND t.capturing;
+  -- What events carry is the owner's to decide: lifting a column list or a filter lets
+  -- out what the owner kept in.
+  IF NOT pg_has_role(session_user, current_user, 'MEMBER') THEN
+    RAISE EXCEPTION 'permission denied: only the owner of schema pg2kafka (%) may change what events carry', current_user
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  -- In setup's and teardown's turn (a teardown that committed meanwhile is seen below),
+  -- then in the order the snapshot functions take their locks: the walks' lock, the
+  -- progress row (after a chunk in flight; later chunks read the new settings), and only
+  -- then the table, so that writers wait for no chunk.
+  PERFORM pg_advisory_xact_lock(hashtext('pg2kafka.setup'), table_name_ref::oid::int4);
+  PERFORM pg2kafka.lock_snapshot_walks(table_name_ref);
+  PERFORM 1 FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref FOR UPDATE;
+  PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
+  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref AND t.capturing FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION '% is not set up', table_name_ref
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = format('Set it up with these settings instead: SELECT pg2kafka.setup(%L, ...);', table_name_ref::text);
   END IF;
-  PERFORM pg2kafka.lock_table(table_name_ref, 'SHARE ROW EXCLUSIVE');
-  -- After a running chunk of its snapshot; later ones read the new settings.
-  PERFORM 1 FROM pg2kafka.snapshots p WHERE p.table_oid = table_name_ref FOR UPDATE;
-  SELECT * INTO registered FROM pg2kafka.tracked_tables t WHERE t.table_oid = table_name_ref FOR UPDATE;
   payload := pg2kafka.payload_settings(table_name_ref, registered.key_columns,
     CASE WHEN exclude_columns IS NOT NULL THEN exclude_columns WHEN include_columns IS NULL THEN registered.excluded_columns END,
     CASE WHEN include_columns IS NOT NULL THEN include_columns WHEN exclude_columns IS NULL THEN registered.included_columns END,
@@ -818,7 +834,7 @@ BEGIN
   -- The rows of a partition attached since are queued first, while its trigger still
   -- tells it apart (as migrate's refresh does).
   PERFORM pg2kafka.queue_attached_partitions(table_name_ref);
-  PERFORM pg2kafka.install_capture_triggers(table_name_ref, changed.included_columns, changed.excluded_columns, changed.row_filter);
+  PERFORM pg2kafka.install_capture_triggers(table_name_ref, changed.key_columns, changed.included_columns, changed.excluded_columns, changed.row_filter);
   UPDATE pg2kafka.tracked_tables t
   SET included_columns = changed.included_columns, excluded_columns = changed.excluded_columns,
       row_filter = changed.row_filter, tombstones = changed.tombstones, message_format = changed.message_format,

@@ -380,7 +380,7 @@ BEGIN
         -- copied whole.
         coalesce(CASE WHEN s.source_oid IS NULL THEN s.condition END, 'true'), scope,
         coalesce(pg2kafka.row_filter_on(registered.row_filter, 't'), 'true'),
-        pg2kafka.captured_row_sql('r', registered.included_columns, registered.excluded_columns))
+        pg2kafka.captured_row_sql('r', registered.included_columns, registered.excluded_columns, registered.key_columns))
       USING s.after_keys, bound;
     EXCEPTION WHEN insufficient_privilege THEN
       PERFORM pg2kafka.raise_snapshot_denied(tbl, SQLERRM);

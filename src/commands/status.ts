@@ -41,6 +41,11 @@ export interface Status {
     fullRow: boolean;
     /** Its payload settings as PostgreSQL says them, '(without the columns "ssn"; …)'; '' for none. */
     payload: string;
+    /**
+     * Excluded columns the table no longer has (renamed or dropped): its events then carry
+     * only the key columns, until alter() names the columns again.
+     */
+    excludedMissing: string[];
     capturing: boolean;
     /** False when the external id column was renamed or dropped: keys come out NULL. */
     keyColumnExists: boolean;
@@ -104,6 +109,7 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
       column: string;
       full_row: boolean;
       payload: string;
+      excluded_missing: string[];
       capturing: boolean;
       key_exists: boolean;
       disabled: string[];
@@ -118,6 +124,10 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
                 else format('%I.%I', n.nspname, c.relname) end as table,
            t.external_id_column as column, t.full_row, t.capturing,
            ltrim(pg2kafka.payload_phrase(t)) as payload,
+           array(select x.name from unnest(t.excluded_columns) x(name)
+                 where c.oid is not null and not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
+                                                         and a.attname = x.name and a.attnum > 0 and not a.attisdropped)
+                 order by 1) as excluded_missing,
            not exists (select 1 from unnest(t.key_columns) k(name)
                        where not exists (select 1 from pg_attribute a where a.attrelid = t.table_oid
                                          and a.attname = k.name and not a.attisdropped)) as key_exists,
@@ -189,6 +199,7 @@ export async function readStatus(sql: postgres.Sql): Promise<Status> {
       externalIdColumn: t.column,
       fullRow: t.full_row,
       payload: t.payload,
+      excludedMissing: t.excluded_missing,
       capturing: t.capturing,
       keyColumnExists: t.key_exists,
       triggersDisabled: t.disabled,
@@ -267,7 +278,10 @@ export function formatStatus(status: Status): string {
     ...status.tables.map(
       (t) =>
         `  ${t.table} key=${t.externalIdColumn}${t.fullRow ? ' full-row' : ''}${t.payload ? ` ${t.payload}` : ''}${t.capturing ? '' : ' (torn down)'}` +
-        `${t.keyColumnExists ? '' : ' (KEY COLUMN MISSING: renamed or dropped; run teardown and setup again)'}: ` +
+        (t.keyColumnExists
+          ? ''
+          : ' (KEY COLUMN MISSING: renamed or dropped; run teardown and setup again)') +
+        `${t.excludedMissing.length === 0 ? '' : ` (EXCLUDED COLUMN ${t.excludedMissing.map((c) => `"${c}"`).join(', ')} MISSING: renamed or dropped, so its events carry only the key; name the columns again with pg2kafka alter ${t.table} --exclude=...)`}: ` +
         `${t.queued} queued${t.oldestAgeSeconds === null ? '' : `, oldest ${t.oldestAgeSeconds.toFixed(1)} s`}`,
     ),
   ];

@@ -87,7 +87,10 @@ test('an include list and a filter in an online snapshot of chunks: only the row
     cliEnv(db.url),
   );
   assert.equal(setup.code, 0, setup.stderr);
-  assert.match(setup.stdout, /big/);
+  // 12,000 rows are more than one chunk: the copy is online, in chunks (4,000 pass).
+  const [registered] = await db.sql<{ n: number }[]>`
+    select count(*)::int as n from pg2kafka.snapshots where table_oid = 'big'::regclass and finished_at is null`;
+  assert.equal(registered?.n, 1, setup.stdout);
   const r = relay();
   const topic = `pg2kafka.${db.name}.big`;
   const messages = await kafka.consume(topic, 4000, 60_000, 1500);
@@ -218,4 +221,49 @@ test('bad payload settings are refused with what to do, and change nothing', asy
   const status = await runCli(['status'], cliEnv(db.url));
   assert.equal(status.code, 0, status.stderr);
   assert.match(status.stdout, /public\.profiles key=id \(without the columns "email"\): 0 queued/);
+});
+
+test('alter on a table with an include list, after a teardown, and an excluded column renamed: never a secret, always what to do', async () => {
+  await db.sql`create table members (id int primary key, name text, secret text)`;
+  await db.sql`select pg2kafka.setup('members', include_columns => '{name}')`;
+  const altered = await runCli(['alter', 'members', '--tombstones'], cliEnv(db.url));
+  assert.equal(altered.code, 0, altered.stderr);
+  assert.match(
+    altered.stdout,
+    /public\.members is captured \(only the columns "id", "name"; tombstones after deletes\)/,
+  );
+  await db.sql`insert into members values (1, 'a', 'S1')`;
+
+  // An excluded column renamed: the row keeps only its key, and status says why.
+  const lifted = await runCli(['alter', 'members', '--exclude=secret'], cliEnv(db.url));
+  assert.equal(lifted.code, 0, lifted.stderr);
+  await db.sql`alter table members rename column secret to token`;
+  await db.sql`insert into members values (2, 'b', 'LEAK')`;
+  const status = await runCli(['status'], cliEnv(db.url));
+  assert.match(
+    status.stdout,
+    /EXCLUDED COLUMN "secret" MISSING[^\n]*pg2kafka alter public\.members --exclude=/,
+  );
+  const fixed = await runCli(['alter', 'members', '--exclude=token'], cliEnv(db.url));
+  assert.equal(fixed.code, 0, fixed.stderr);
+  await db.sql`insert into members values (3, 'c', 'S3')`;
+  const rows = await db.sql<{ statement: string; row: string }[]>`
+    select statement, new_row::text as row from pg2kafka.captured_changes order by id`;
+  assert.deepEqual(
+    rows.map((r) => [r.statement, r.row]),
+    [
+      ['INSERT', '{"id":1,"name":"a"}'],
+      ['INSERT', '{"id":2}'],
+      ['INSERT', '{"id":3,"name":"c"}'],
+    ],
+  );
+
+  // alter() after a teardown refuses, and puts no trigger back.
+  await db.sql`select pg2kafka.teardown('members')`;
+  const after = await runCli(['alter', 'members', '--no-tombstones'], cliEnv(db.url));
+  assert.equal(after.code, 2, after.stderr);
+  assert.match(after.stderr, /public\.members is not set up/);
+  const [triggers] = await db.sql<{ n: number }[]>`
+    select count(*)::int as n from pg_trigger where tgrelid = 'members'::regclass and tgname like '_pg2kafka%'`;
+  assert.equal(triggers?.n, 0);
 });
