@@ -329,10 +329,11 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+  -- alias.*, not the bare alias: a column of that name would win over the row.
   SELECT CASE
-    WHEN included_columns IS NOT NULL THEN format('pg2kafka.project_row(to_json(%s), %L, %L, %L)', alias, 'include', included_columns, key_columns)
-    WHEN cardinality(excluded_columns) > 0 THEN format('pg2kafka.project_row(to_json(%s), %L, %L, %L)', alias, 'exclude', excluded_columns, key_columns)
-    ELSE format('to_json(%s)', alias)
+    WHEN included_columns IS NOT NULL THEN format('pg2kafka.project_row(to_json(%s.*), %L, %L, %L)', alias, 'include', included_columns, key_columns)
+    WHEN cardinality(excluded_columns) > 0 THEN format('pg2kafka.project_row(to_json(%s.*), %L, %L, %L)', alias, 'exclude', excluded_columns, key_columns)
+    ELSE format('to_json(%s.*)', alias)
   END
 $$;
 REVOKE ALL ON FUNCTION pg2kafka.captured_row_sql(text, text[], text[], text[]) FROM PUBLIC;
@@ -428,17 +429,10 @@ BEGIN
             HINT = 'The filter runs as that role, in the writers'' transactions. Ask its owner to set the table up.';
   END IF;
   filter := pg2kafka.deparse_row_filter(tbl, row_filter);
-  -- Stored per table for the Debezium format, which the relay does not write yet: a
-  -- setting it would ignore is refused rather than kept.
-  IF message_format = 'debezium' THEN
-    RAISE EXCEPTION 'message_format ''debezium'' is not available yet: the relay writes pg2kafka''s format only'
-      USING ERRCODE = 'feature_not_supported',
-            HINT = 'Leave message_format out.';
-  END IF;
-  IF message_format IS NOT NULL AND message_format NOT IN ('pg2kafka', '') THEN
-    RAISE EXCEPTION 'message_format must be ''pg2kafka'', not %', quote_literal(message_format)
+  IF message_format IS NOT NULL AND message_format NOT IN ('pg2kafka', 'debezium', 'debezium-schemaless', '') THEN
+    RAISE EXCEPTION 'message_format must be ''pg2kafka'', ''debezium'' or ''debezium-schemaless'', not %', quote_literal(message_format)
       USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Leave it out to follow the relay''s format.';
+            HINT = 'Leave it out to follow the relay''s MESSAGE_FORMAT.';
   END IF;
   format := nullif(message_format, '');
 END

@@ -446,3 +446,29 @@ test('resnapshot: the caller must read the table, and only the owner of pg2kafka
     await db.sql.unsafe(`drop role "${role}"`);
   }
 });
+
+test('a table with columns named t and r is copied whole, at once and online (not the column mistaken for the row)', async () => {
+  for (const [table, rows] of [
+    ['letters_small_t', 3],
+    ['letters_big_t', 5_001],
+  ] as const) {
+    await db.sql.unsafe(`create table ${table} (k int primary key, t text, r int)`);
+    await db.sql.unsafe(
+      `insert into ${table} select g, 'x' || g, g * 10 from generate_series(1, ${rows}) g`,
+    );
+    await db.sql.unsafe(`select pg2kafka.setup('${table}')`);
+  }
+  await db.sql`call pg2kafka.run_snapshots()`;
+  for (const [table, rows] of [
+    ['letters_small_t', 3],
+    ['letters_big_t', 5_001],
+  ] as const) {
+    const events = await queuedEvents(db.sql, table);
+    assert.equal(events.length, rows, table);
+    assert.deepEqual(
+      { key: events[2]?.external_id, data: events[2]?.data },
+      { key: '3', data: { k: 3, t: 'x3', r: 30 } },
+      table,
+    );
+  }
+});
