@@ -14,6 +14,7 @@
  */
 import { environmentHelp, parseConfig, redactUrl } from './config.ts';
 import { UsageError } from './errors.ts';
+import { MESSAGE_FORMATS } from './relay/debezium.ts';
 import type { SchemaSetupEntry, SetupResult } from './commands/setup.ts';
 import type { Logger } from './logger.ts';
 import { packageVersion } from './package-root.ts';
@@ -28,12 +29,13 @@ Commands:
   migrate                        install or upgrade the pg2kafka schema
   setup <table> [<column>] [--full-row] [--snapshot=online|locked|none] [--background]
         [--exclude=<columns> | --include=<columns>] [--filter=<condition>] [--tombstones]
+        [--format=pg2kafka|debezium|debezium-schemaless]
                                  start capturing a table, keyed by <column> (default:
                                  its primary key), and copy its existing rows;
                                  several tables, or '<schema>.*' for every table of a
                                  schema, each with its primary key
   alter <table> [--exclude=<columns> | --include=<columns>] [--filter=<condition>]
-        [--tombstones | --no-tombstones]
+        [--tombstones | --no-tombstones] [--format=<format>]
                                  change what a captured table's events carry
   teardown <table>               stop capturing a table
   snapshot [<table>...] [--background]
@@ -94,7 +96,7 @@ function splitArgs(
   return { positional, flags: seen, values };
 }
 
-const PAYLOAD_VALUES = ['--exclude', '--include', '--filter'];
+const PAYLOAD_VALUES = ['--exclude', '--include', '--filter', '--format'];
 
 /** A column list option: names separated by commas ('' lifts the list, for alter). */
 function columnList(name: string, value: string | undefined): string[] | undefined {
@@ -133,10 +135,21 @@ function payloadOptions(
   if (command === 'setup' && filter !== undefined && filter.trim() === '') {
     throw new UsageError('--filter needs a condition, as in --filter="status <> \'draft\'"');
   }
+  const format = values.get('--format');
+  if (
+    format !== undefined &&
+    !(MESSAGE_FORMATS as readonly string[]).includes(format) &&
+    (command === 'setup' || format !== '')
+  ) {
+    throw new UsageError(
+      `--format must be one of ${MESSAGE_FORMATS.join(', ')}${command === 'alter' ? ' (or empty: follow MESSAGE_FORMAT)' : ''}, got "${format}"`,
+    );
+  }
   return {
     exclude,
     include,
     filter,
+    format,
     tombstones: flags.has('--tombstones') ? true : flags.has('--no-tombstones') ? false : undefined,
   };
 }
@@ -338,7 +351,7 @@ const COMMANDS: Record<string, Command> = {
       const payload = payloadOptions(flags, values, 'alter');
       if (Object.values(payload).every((v) => v === undefined)) {
         throw new UsageError(
-          'pg2kafka alter needs a setting to change: --exclude, --include, --filter, --tombstones or --no-tombstones',
+          'pg2kafka alter needs a setting to change: --exclude, --include, --filter, --tombstones, --no-tombstones or --format',
         );
       }
       const config = parseConfig(env, { needsKafka: false });

@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { UsageError } from './errors.ts';
+import { MESSAGE_FORMATS, type MessageFormat } from './relay/debezium.ts';
 
 export type SaslMechanism = 'plain' | 'scram-sha-256' | 'scram-sha-512';
 export const DEAD_LETTER_POLICIES = ['park-key', 'hold-table', 'skip'] as const;
@@ -18,6 +19,9 @@ export type KafkaClient = (typeof KAFKA_CLIENTS)[number];
 /** At least once (the default), or exactly once for read_committed consumers. */
 export const DELIVERIES = ['at-least-once', 'exactly-once'] as const;
 export type Delivery = (typeof DELIVERIES)[number];
+/** Topic names: pg2kafka's `<prefix>.<database>.<table>` or Debezium's `<prefix>.<schema>.<table>`. */
+export const TOPIC_NAMINGS = ['pg2kafka', 'debezium'] as const;
+export type TopicNamingStyle = (typeof TOPIC_NAMINGS)[number];
 
 export interface Config {
   databaseUrl: string;
@@ -25,6 +29,10 @@ export interface Config {
   kafkaClientId: string;
   topicPrefix: string;
   topicNamespace: string | undefined;
+  /** How topics are named. */
+  topicNaming: TopicNamingStyle;
+  /** The message format of tables that name none (setup's message_format). */
+  messageFormat: MessageFormat;
   performMigrations: boolean;
   dryRun: boolean;
   batchSize: number;
@@ -95,6 +103,18 @@ export const VARIABLES: VariableSpec[] = [
     name: 'TOPIC_NAMESPACE',
     default: '',
     meaning: 'optional part after the prefix, giving topics prefix.namespace.database.table',
+  },
+  {
+    name: 'TOPIC_NAMING',
+    default: 'pg2kafka',
+    meaning:
+      "pg2kafka (prefix.database.table, schema.table outside public) or debezium (prefix.schema.table, as Debezium's PostgreSQL connector names them)",
+  },
+  {
+    name: 'MESSAGE_FORMAT',
+    default: 'pg2kafka',
+    meaning:
+      "pg2kafka (the original's JSON), debezium (Debezium's change events with Kafka Connect's schema, for Connect sinks) or debezium-schemaless (the same without the schema); a table's own format (setup --format) wins",
   },
   {
     name: 'PERFORM_MIGRATIONS',
@@ -479,6 +499,8 @@ export function parseConfig(
     kafkaTransactionalId: read(env, 'KAFKA_TRANSACTIONAL_ID'),
     topicPrefix: parseTopicPart(env, 'TOPIC_PREFIX', 'pg2kafka', problems) ?? 'pg2kafka',
     topicNamespace: parseTopicPart(env, 'TOPIC_NAMESPACE', undefined, problems),
+    topicNaming: parseChoice(env, 'TOPIC_NAMING', TOPIC_NAMINGS, 'pg2kafka', problems),
+    messageFormat: parseChoice(env, 'MESSAGE_FORMAT', MESSAGE_FORMATS, 'pg2kafka', problems),
     performMigrations: parseBoolean(env, 'PERFORM_MIGRATIONS', false, problems),
     dryRun,
     batchSize: parseWholeNumber(env, 'BATCH_SIZE', 1, 100_000, problems) ?? 1000,

@@ -62,6 +62,8 @@ const DEFAULTS: Config = {
   kafkaTransactionalId: undefined,
   topicPrefix: 'pg2kafka',
   topicNamespace: undefined,
+  topicNaming: 'pg2kafka',
+  messageFormat: 'pg2kafka',
   performMigrations: false,
   dryRun: false,
   batchSize: 1000,

@@ -448,7 +448,10 @@ export async function startRelay(
   // PREPARE TRANSACTION after one); the relay then polls every POLL_INTERVAL_MS when idle.
   const idleFlag = config.wakeNotify ? new IdleFlag(config.databaseUrl) : undefined;
   const relay = new Relay({
-    queue: new EventQueue(sql),
+    queue: new EventQueue(sql, {
+      messageFormat: config.messageFormat,
+      topicPrefix: config.topicPrefix,
+    }),
     deadLetters: new DeadLetterStore(sql),
     sink,
     batchSize: config.batchSize,
@@ -457,6 +460,7 @@ export async function startRelay(
     pollIntervalMs: config.pollIntervalMs,
     topicPrefix: config.topicPrefix,
     topicNamespace: config.topicNamespace,
+    topicNaming: config.topicNaming,
     dryRun: config.dryRun,
     yieldAfterMs: config.leaderYieldAfterMs,
     diagnose: diagnoser(config, sql),

@@ -21,7 +21,7 @@ import { topicName, topicNameProblem } from '../relay/topics.ts';
 export const setupHelp = `Usage: pg2kafka setup <table> [<external-id-column>] [--full-row]
                       [--snapshot=online|locked|none] [--background]
                       [--exclude=<column>,... | --include=<column>,...]
-                      [--filter=<condition>] [--tombstones]
+                      [--filter=<condition>] [--tombstones] [--format=<format>]
        pg2kafka setup <table> <table>... [--full-row] [--snapshot=...] [--background]
        pg2kafka setup '<schema>.*' [--full-row] [--snapshot=...] [--background]
 
@@ -56,19 +56,24 @@ Payload control (see pg2kafka alter --help to change it later):
                    --filter="status <> 'draft'"): a row leaving it sends a DELETE, one
                    entering it an INSERT. Only the owner of schema pg2kafka may give one.
   --tombstones     a message with a null value after each DELETE (compacted topics).
+  --format=<f>     this table's message format, instead of the relay's MESSAGE_FORMAT:
+                   pg2kafka, debezium (Debezium's change events with Kafka Connect's
+                   schema) or debezium-schemaless.
 A table already set up keeps its settings; setup with other ones fails and says so.
 
 Same as: SELECT pg2kafka.setup('<table>'[, '<external-id-column>'[, <full-row>[, '<snapshot>']]]
                                [, exclude_columns => '{a,b}'] [, include_columns => '{a,b}']
-                               [, row_filter => '<condition>'] [, tombstones => true]);
+                               [, row_filter => '<condition>'] [, tombstones => true]
+                               [, message_format => 'debezium']);
 `;
 
 export const alterHelp = `Usage: pg2kafka alter <table> [--exclude=<column>,... | --include=<column>,...]
                       [--filter=<condition>] [--tombstones | --no-tombstones]
+                      [--format=pg2kafka|debezium|debezium-schemaless]
 
 Changes the payload settings of a captured table (those of pg2kafka setup --help); a
 setting not given stays as it is. --exclude= or --include= with nothing after the "="
-lifts the column list, --filter= the row filter. It takes the table's lock as setup does, so every change is captured
+lifts the column list, --filter= the row filter, --format= the table's own format. It takes the table's lock as setup does, so every change is captured
 once, with the settings before or after. Queued events keep what they were captured
 with. Letting more out (a column, rows the filter kept back) sends nothing for the rows
 as they are: pg2kafka resnapshot <table> sends them.
@@ -82,6 +87,8 @@ export interface PayloadOptions {
   include?: string[] | undefined;
   filter?: string | undefined;
   tombstones?: boolean | undefined;
+  /** The table's message format; '' (alter): follow the relay's MESSAGE_FORMAT. */
+  format?: string | undefined;
 }
 
 export const teardownHelp = `Usage: pg2kafka teardown <table>
@@ -345,6 +352,7 @@ async function setupOne(
       prefix: config.topicPrefix,
       namespace: config.topicNamespace,
       database: described.database,
+      style: config.topicNaming,
     },
     described.schema,
     described.name,
@@ -361,7 +369,7 @@ async function setupOne(
         select pg2kafka.setup(${described.oid}::oid::regclass, ${column ?? null}, ${fullRow}, ${snapshot},
           exclude_columns => ${payload.exclude ?? null}::text[], include_columns => ${payload.include ?? null}::text[],
           row_filter => ${payload.filter ?? null}, tombstones => ${payload.tombstones ?? null},
-          message_format => null)`;
+          message_format => ${payload.format ?? null})`;
       const [row] = await tx<
         {
           column: string;
@@ -637,7 +645,7 @@ export async function alterCommand(
           select pg2kafka.alter(${described.oid}::oid::regclass,
             exclude_columns => ${payload.exclude ?? null}::text[], include_columns => ${payload.include ?? null}::text[],
             row_filter => ${payload.filter ?? null}, tombstones => ${payload.tombstones ?? null},
-            message_format => null)`;
+            message_format => ${payload.format ?? null})`;
         return tx<{ settings: string }[]>`
           select pg2kafka.payload_phrase(t) as settings
           from pg2kafka.tracked_tables t where t.table_oid = ${described.oid}::oid`;

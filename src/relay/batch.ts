@@ -169,11 +169,14 @@ export function splitRequests(
   return requests;
 }
 
-/** The Kafka message of an event: keyed by the external id, with the four headers. */
+/**
+ * The Kafka message of an event: keyed by the external id (or Debezium's key struct), with
+ * the four headers.
+ */
 export function toMessage(e: QueuedEvent, topic: string, database: string): OutboundMessage {
   return {
     topic,
-    key: e.externalId,
+    key: e.key === undefined ? e.externalId : e.key,
     value: e.value,
     timestamp: e.timestampMs,
     headers: {

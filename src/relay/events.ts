@@ -19,6 +19,7 @@
  */
 import { hash } from 'node:crypto';
 import { parse as parseUuid } from 'uuid';
+import type { DebeziumEvent, DebeziumWriter, MessageFormat } from './debezium.ts';
 
 /** One captured change as the relay's fetch reads it (see queue.ts). */
 export interface CapturedChange {
@@ -42,6 +43,12 @@ export interface CapturedChange {
   createdAtUs: string;
   /** The install's event namespace (a uuid). */
   namespace: string;
+  /** The table's message format, or the relay's MESSAGE_FORMAT when it has none. */
+  messageFormat: MessageFormat;
+  /** The writer's transaction id (null for changes queued before it was captured). */
+  txId: string | null;
+  /** The database name (Debezium's source.db). */
+  database: string;
 }
 
 export interface QueuedEvent {
@@ -57,10 +64,12 @@ export interface QueuedEvent {
   /** created_at in epoch milliseconds, as Kafka wants timestamps. */
   timestampMs: string;
   /**
-   * The message value: the original pg2kafka's JSON, row data passed through as text;
-   * null for a tombstone.
+   * The message value: the original pg2kafka's JSON (or Debezium's, see debezium.ts), row
+   * data passed through as text; null for a tombstone.
    */
   value: string | null;
+  /** The message key when it is not the external id (Debezium's key struct). */
+  key?: string | null;
   /**
    * Key columns its row image does not have (renamed or dropped since setup): such an
    * event has no key, and must not ship. Absent when the key is there (even if NULL).
@@ -113,6 +122,9 @@ export class EventBuilder {
   private readonly uuids = new NameUuids();
   private second = { epoch: NaN, iso: '' };
 
+  /** `debezium` writes the tables in a Debezium format (their column types loaded). */
+  constructor(private readonly debezium?: DebeziumWriter) {}
+
   /** created_at as the original printed it: ISO 8601, microseconds, UTC ("…T16:14:36.709116Z"). */
   private isoMicros(micros: number): string {
     const epochSecond = Math.floor(micros / 1_000_000);
@@ -135,29 +147,71 @@ export class EventBuilder {
       createdAt: this.isoMicros(micros),
       timestampMs: String(Math.floor(micros / 1000)),
     };
+    const image = (op: DebeziumEvent['op'], before: string | null, after: string | null) => ({
+      op,
+      before,
+      after,
+      keyImage: op === 't' ? null : (after ?? before),
+    });
     switch (statement) {
       case 'SNAPSHOT':
       case 'INSERT':
-        out.push(this.event(change, at, 1, statement, newKey, newRow));
+        out.push(
+          this.event(
+            change,
+            at,
+            1,
+            statement,
+            newKey,
+            newRow,
+            image(statement === 'SNAPSHOT' ? 'r' : 'c', null, newRow),
+          ),
+        );
         return;
       case 'DELETE':
-        out.push(this.event(change, at, 1, statement, oldKey, fullRow ? oldRow : null));
-        this.tombstone(change, at, oldKey, out);
+        out.push(
+          this.event(
+            change,
+            at,
+            1,
+            statement,
+            oldKey,
+            fullRow ? oldRow : null,
+            image('d', oldRow, null),
+          ),
+        );
+        this.tombstone(change, at, oldKey, oldRow, out);
         return;
       case 'TRUNCATE':
-        out.push(this.event(change, at, 1, statement, null, null));
+        out.push(this.event(change, at, 1, statement, null, null, image('t', null, null)));
         return;
       case 'UPDATE':
         if (oldKey !== newKey) {
           out.push(
-            this.event(change, at, 0, 'DELETE', oldKey, fullRow ? oldRow : null),
-            this.event(change, at, 1, 'INSERT', newKey, newRow),
+            this.event(
+              change,
+              at,
+              0,
+              'DELETE',
+              oldKey,
+              fullRow ? oldRow : null,
+              image('d', oldRow, null),
+            ),
+            this.event(change, at, 1, 'INSERT', newKey, newRow, image('c', null, newRow)),
           );
-          this.tombstone(change, at, oldKey, out);
+          this.tombstone(change, at, oldKey, oldRow, out);
           return;
         }
         out.push(
-          this.event(change, at, 1, statement, newKey, fullRow ? newRow : change.changedColumns),
+          this.event(
+            change,
+            at,
+            1,
+            statement,
+            newKey,
+            fullRow ? newRow : change.changedColumns,
+            image('u', oldRow, newRow),
+          ),
         );
     }
   }
@@ -167,10 +221,16 @@ export class EventBuilder {
     change: CapturedChange,
     at: { createdAt: string; timestampMs: string },
     key: string | null,
+    oldRow: string | null,
     out: QueuedEvent[],
   ): void {
     if (!change.tombstones || key === null) return;
-    const event = this.event(change, at, 2, 'TOMBSTONE', key, null);
+    const event = this.event(change, at, 2, 'TOMBSTONE', key, null, {
+      op: 'd',
+      before: oldRow,
+      after: null,
+      keyImage: oldRow,
+    });
     // Its key is the DELETE's: a missing key column holds that one back already.
     delete event.keyMissing;
     out.push({ ...event, value: null });
@@ -183,6 +243,7 @@ export class EventBuilder {
     statement: string,
     externalId: string | null,
     data: string | null,
+    debezium: DebeziumEvent,
   ): QueuedEvent {
     const uuid = this.uuids.of(
       change.namespace,
@@ -198,13 +259,40 @@ export class EventBuilder {
       statement,
       uuid,
       timestampMs: at.timestampMs,
-      value: `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${statement}","data":${data ?? '{}'},"created_at":"${at.createdAt}"}`,
+      value: null,
     };
+    if (change.messageFormat === 'pg2kafka') {
+      event.value = `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${statement}","data":${data ?? '{}'},"created_at":"${at.createdAt}"}`;
+    } else {
+      const written = this.debeziumWriter().write(
+        change.messageFormat,
+        {
+          tableOid: change.tableOid,
+          schemaName: change.schemaName,
+          tableName: change.tableName,
+          database: change.database,
+          keyColumns: JSON.parse(change.keyColumns) as string[],
+          createdAtUs: change.createdAtUs,
+          txId: change.txId,
+        },
+        debezium,
+        statement === 'SNAPSHOT',
+      );
+      event.key = written.key;
+      event.value = written.value;
+    }
     if ((externalId === null || externalId.includes('null')) && statement !== 'TRUNCATE') {
       const image = part === 0 || statement === 'DELETE' ? change.oldRow : change.newRow;
       const missing = missingKeyColumns(image, change.keyColumns);
       if (missing.length > 0) event.keyMissing = missing;
     }
     return event;
+  }
+
+  private debeziumWriter(): DebeziumWriter {
+    if (this.debezium === undefined) {
+      throw new Error('a table in a Debezium format was read without its column types');
+    }
+    return this.debezium;
   }
 }

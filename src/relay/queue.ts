@@ -22,6 +22,7 @@
  *   rows, so a retry that put rows back and lowered it is seen whole or not at all.
  */
 import type postgres from 'postgres';
+import { ColumnCatalog, DebeziumWriter, type MessageFormat } from './debezium.ts';
 import { EventBuilder, type CapturedChange, type QueuedEvent } from './events.ts';
 import { QueueFloor } from './floor.ts';
 
@@ -32,13 +33,28 @@ export interface Lease {
   epoch: string;
 }
 
+export interface EventFormat {
+  /** The format of tables that name none (MESSAGE_FORMAT). */
+  messageFormat: MessageFormat;
+  /** Debezium's source.name and record names' first part (TOPIC_PREFIX). */
+  topicPrefix: string;
+}
+
 export class EventQueue {
-  private readonly events = new EventBuilder();
+  private readonly events: EventBuilder;
+  private readonly catalog: ColumnCatalog;
+  private readonly messageFormat: MessageFormat;
   /** The floor the fetch starts at, and how the relay raises it. */
   readonly floor: QueueFloor;
 
-  constructor(private readonly sql: postgres.Sql) {
+  constructor(
+    private readonly sql: postgres.Sql,
+    format: EventFormat = { messageFormat: 'pg2kafka', topicPrefix: 'pg2kafka' },
+  ) {
     this.floor = new QueueFloor(sql);
+    this.catalog = new ColumnCatalog(sql);
+    this.messageFormat = format.messageFormat;
+    this.events = new EventBuilder(new DebeziumWriter(this.catalog, format.topicPrefix));
   }
 
   /**
@@ -74,7 +90,9 @@ export class EventQueue {
              case when c.statement = 'UPDATE' and not t.full_row and k.new_key is not distinct from k.old_key
                   then pg2kafka.changed_columns(c.old_row::jsonb, c.new_row::jsonb)::text end as changed_columns,
              (extract(epoch from c.created_at) * 1000000)::int8::text as created_at_us,
-             (select s.value::uuid::text from pg2kafka.settings s where s.name = 'event_namespace') as namespace
+             (select s.value::uuid::text from pg2kafka.settings s where s.name = 'event_namespace') as namespace,
+             coalesce(t.message_format, ${this.messageFormat}) as message_format,
+             c.tx_id::text as tx_id, current_database()::text as database
       from (
         -- The byte budget: a running sum of the row images' sizes in id order, streamed
         -- under the limit. octet_length reads a TOASTed value's size from its header,
@@ -116,6 +134,13 @@ export class EventQueue {
       (sum, c) => sum + (c.newRow?.length ?? 0) + (c.oldRow?.length ?? 0),
       0,
     );
+    // A Debezium format needs the tables' column types (read once, then cached).
+    const typed = changes.filter((c) => c.messageFormat !== 'pg2kafka');
+    if (typed.length > 0) {
+      await this.catalog.ensure(
+        typed.map((c) => ({ tableOid: c.tableOid, images: [c.newRow, c.oldRow] })),
+      );
+    }
     const events: QueuedEvent[] = [];
     for (const change of changes) this.events.eventsOf(change, events);
     return { events, full: changes.length >= limit || bytes >= maxBytes };

@@ -35,7 +35,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import type { DeadLetterPolicy } from '../config.ts';
+import type { DeadLetterPolicy, TopicNamingStyle } from '../config.ts';
 import { RECORD_REFUSALS } from '../kafka/errors.ts';
 import type { EventSink, Transactions } from '../kafka/sink.ts';
 import { backoffDelay } from './backoff.ts';
@@ -122,6 +122,8 @@ export interface RelayOptions {
   pollIntervalMs: number;
   topicPrefix: string;
   topicNamespace: string | undefined;
+  /** TOPIC_NAMING: pg2kafka's names (the default) or Debezium's. */
+  topicNaming?: TopicNamingStyle;
   dryRun: boolean;
   /** Identifies this relay in the lease row. */
   holder?: string;
@@ -388,6 +390,7 @@ export class Relay {
       prefix: this.options.topicPrefix,
       namespace: this.options.topicNamespace,
       database: await this.options.queue.databaseName(),
+      style: this.options.topicNaming ?? 'pg2kafka',
     };
     return this.naming;
   }
@@ -574,7 +577,8 @@ export class Relay {
   private async recoverDelivered(transactions: Transactions, lease: Lease): Promise<boolean> {
     const naming = await this.topicNaming();
     const recovered = await transactions.recover(
-      topicName(naming, 'pg2kafka', 'commits'),
+      // The markers keep pg2kafka's naming: changing TOPIC_NAMING must not lose them.
+      topicName({ ...naming, style: 'pg2kafka' }, 'pg2kafka', 'commits'),
       lease.epoch,
       () => this.leases.trusted(lease),
     );

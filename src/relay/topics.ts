@@ -1,16 +1,24 @@
-import { TOPIC_NAME_CHARS, TOPIC_NAME_MAX } from '../config.ts';
+import { TOPIC_NAME_CHARS, TOPIC_NAME_MAX, type TopicNamingStyle } from '../config.ts';
 
 export interface TopicNaming {
   prefix: string;
   namespace: string | undefined;
   database: string;
+  /** pg2kafka's names (the default) or Debezium's. */
+  style?: TopicNamingStyle;
 }
 
 /**
  * `<prefix>.<database>.<table>`, or `<prefix>.<namespace>.<database>.<table>`; for a table
- * outside schema public the table part is `<schema>.<table>`.
+ * outside schema public the table part is `<schema>.<table>`. In Debezium's style
+ * (TOPIC_NAMING=debezium) `<prefix>.<schema>.<table>` (a namespace after the prefix).
  */
 export function topicName(naming: TopicNaming, schema: string, table: string): string {
+  if (naming.style === 'debezium') {
+    return [naming.prefix, naming.namespace, schema, table]
+      .filter((part) => part !== undefined)
+      .join('.');
+  }
   const tablePart = schema === 'public' ? table : `${schema}.${table}`;
   return [naming.prefix, naming.namespace, naming.database, tablePart]
     .filter((part) => part !== undefined)

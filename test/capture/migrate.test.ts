@@ -33,6 +33,7 @@ test('migrate installs the schema on an empty database, then is a no-op', async 
       '0006_key_columns',
       '0007_partition_snapshots',
       '0008_payload_control',
+      '0009_debezium_format',
     ],
     functionsUpdated: true,
     triggersRefreshed: [],
@@ -84,9 +85,10 @@ test('two migrations at once both succeed and install once', async () => {
     '0006_key_columns',
     '0007_partition_snapshots',
     '0008_payload_control',
+    '0009_debezium_format',
   ]);
   const [count] = await db.sql<{ n: number }[]>`select count(*)::int as n from pg2kafka.migrations`;
-  assert.equal(count?.n, 8);
+  assert.equal(count?.n, 9);
 });
 
 test('DROP SCHEMA pg2kafka CASCADE leaves tracked tables working, and migrate reinstalls', async () => {

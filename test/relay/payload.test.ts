@@ -191,7 +191,10 @@ test('bad payload settings are refused with what to do, and change nothing', asy
       ['setup', 'profiles', '--filter=id in (select 1)'],
       /cannot be evaluated by a trigger[\s\S]*no subquery/,
     ],
-    [['setup', 'profiles', '--format=debezium'], /unknown option --format=debezium/],
+    [
+      ['setup', 'profiles', '--format=avro'],
+      /--format must be one of pg2kafka, debezium, debezium-schemaless, got "avro"/,
+    ],
     [['alter', 'profiles', '--tombstones'], /public.profiles is not set up/],
   ];
   for (const [args, expected] of cases) {
@@ -200,8 +203,8 @@ test('bad payload settings are refused with what to do, and change nothing', asy
     assert.match(result.stderr, expected, args.join(' '));
   }
   await assert.rejects(
-    db.sql`select pg2kafka.setup('profiles', message_format => 'debezium')`,
-    /message_format 'debezium' is not available yet/,
+    db.sql`select pg2kafka.setup('profiles', message_format => 'avro')`,
+    /message_format must be 'pg2kafka', 'debezium' or 'debezium-schemaless', not 'avro'/,
   );
   const [tracked] = await db.sql<
     { n: number }[]
