@@ -25,6 +25,8 @@ mapfile -t wanted < <(missing build-essential python3 libssl-dev libsasl2-dev li
 if ! command -v mvn >/dev/null || ! command -v java >/dev/null; then
   wanted+=(maven openjdk-17-jre-headless)
 fi
+# The replica test compiles one small class for Debezium's JDBC sink (scripts/kafka-connect.ts).
+command -v javac >/dev/null || wanted+=(openjdk-17-jdk-headless)
 command -v openssl >/dev/null || wanted+=(openssl)
 command -v psql >/dev/null || wanted+=(postgresql-client)
 if [ "${#wanted[@]}" -gt 0 ]; then
