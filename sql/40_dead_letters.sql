@@ -41,13 +41,13 @@ BEGIN
     RETURN QUERY
     WITH moved AS (
       DELETE FROM pg2kafka.captured_changes c WHERE c.id = e.id
-      RETURNING c.id, c.table_oid, c.statement, c.new_row, c.old_row, c.created_at
+      RETURNING c.id, c.table_oid, c.statement, c.new_row, c.old_row, c.created_at, c.tx_id
     )
     INSERT INTO pg2kafka.dead_letters AS d (
-      id, table_oid, schema_name, table_name, statement, new_row, old_row, created_at,
+      id, table_oid, schema_name, table_name, statement, new_row, old_row, created_at, tx_id,
       topic, external_id, payload, error_code, reason, attempts, parked, keys, first_failed_at)
     SELECT c.id, c.table_oid, e.schema_name, e.table_name, c.statement, c.new_row, c.old_row,
-           c.created_at, e.topic, e.external_id, e.payload, e.error_code, e.reason, e.attempts,
+           c.created_at, c.tx_id, e.topic, e.external_id, e.payload, e.error_code, e.reason, e.attempts,
            e.parked, e.keys, e.first_failed_at
     FROM moved c
     RETURNING d.id;
@@ -99,11 +99,12 @@ BEGIN
   WITH back AS (
     DELETE FROM pg2kafka.dead_letters d
     WHERE ids IS NULL OR d.id IN (SELECT pg2kafka.dead_letter_group(ids))
-    RETURNING d.id, d.table_oid, d.statement, d.new_row, d.old_row, d.created_at
+    RETURNING d.id, d.table_oid, d.statement, d.new_row, d.old_row, d.created_at, d.tx_id
   ), put AS (
-    INSERT INTO pg2kafka.captured_changes (id, table_oid, statement, new_row, old_row, created_at)
+    -- tx_id: the writer's transaction, not the retry's (Debezium's source.txId)
+    INSERT INTO pg2kafka.captured_changes (id, table_oid, statement, new_row, old_row, created_at, tx_id)
     OVERRIDING SYSTEM VALUE
-    SELECT b.id, b.table_oid, b.statement, b.new_row, b.old_row, b.created_at FROM back b
+    SELECT b.id, b.table_oid, b.statement, b.new_row, b.old_row, b.created_at, b.tx_id FROM back b
     ORDER BY b.id
     RETURNING id
   )

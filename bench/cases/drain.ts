@@ -23,9 +23,13 @@ import {
   type Sink,
 } from '../support.ts';
 
-/** `scraped`: librdkafka (the default) with /metrics and /status read every second during the drain. */
-type Variant = Sink | 'scraped';
-const VARIANTS: Variant[] = ['kafkajs', 'scraped', 'rdkafka', 'rdkafka-eos', 'discard'];
+/**
+ * `scraped`: librdkafka (the default) with /metrics and /status read every second during
+ * the drain; `debezium`: librdkafka writing Debezium's format with Connect's schemas
+ * (MESSAGE_FORMAT=debezium).
+ */
+type Variant = Sink | 'scraped' | 'debezium';
+const VARIANTS: Variant[] = ['kafkajs', 'scraped', 'rdkafka', 'debezium', 'rdkafka-eos', 'discard'];
 
 /** How often the scraped variant reads /metrics and /status (Prometheus' default is 60 s). */
 const SCRAPE_EVERY_MS = 1_000;
@@ -72,7 +76,7 @@ export async function drainOnce(
   variant: Variant,
   events: number,
 ): Promise<DrainRun> {
-  const sink: Sink = variant === 'scraped' ? 'rdkafka' : variant;
+  const sink: Sink = variant === 'scraped' || variant === 'debezium' ? 'rdkafka' : variant;
   let reportPort: (port: number) => void = () => undefined;
   const port = new Promise<number>((resolve) => {
     reportPort = resolve;
@@ -88,6 +92,7 @@ export async function drainOnce(
       databaseUrl: db.url,
       brokers: ctx.broker.brokers,
       sink,
+      ...(variant === 'debezium' ? { env: { MESSAGE_FORMAT: 'debezium' } } : {}),
       onLog: (entry) => {
         if (typeof entry.port === 'number') reportPort(entry.port);
       },
@@ -153,6 +158,7 @@ export async function drain(ctx: BenchContext): Promise<Measure[]> {
     kafkajs: `${events / 1000}k events to Kafka (kafkajs)`,
     scraped: `${events / 1000}k events to Kafka (librdkafka), /metrics and /status read every ${SCRAPE_EVERY_MS / 1000} s`,
     rdkafka: `${events / 1000}k events to Kafka (librdkafka)`,
+    debezium: `${events / 1000}k events to Kafka (librdkafka), MESSAGE_FORMAT=debezium`,
     'rdkafka-eos': `${events / 1000}k events to Kafka (librdkafka, exactly-once)`,
     discard: `${events / 1000}k events, Kafka send replaced by nothing`,
   };

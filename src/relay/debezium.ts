@@ -31,6 +31,11 @@ interface ColumnKind {
   schema: Record<string, unknown>;
   /** The value's JSON text in the row image to the JSON text of the Connect value. */
   convert: (raw: string) => string;
+  /**
+   * Some values have no Connect equivalent and become null (NaN, infinity): the field is
+   * optional even for a NOT NULL column, or the consumer's converter would refuse it.
+   */
+  nullable?: true;
 }
 
 /** A column as the catalog describes it. */
@@ -47,7 +52,10 @@ interface CatalogColumn {
 interface TableColumns {
   kinds: Map<string, ColumnKind>;
   notNull: Set<string>;
-  loadedAt: number;
+  /** The catalog rows it was built from, as text: a change replaces the entry. */
+  signature: string;
+  /** Distinguishes the entries a table had, for the schema cache. */
+  version: number;
 }
 
 /** Connect's schemas of what the builder writes, per table and column set. */
@@ -75,9 +83,6 @@ export interface DebeziumSource {
   createdAtUs: string;
   txId: string | null;
 }
-
-/** How long a table's column types are trusted before they are read again. */
-const COLUMNS_TTL_MS = 30_000;
 
 const NULL = 'null';
 
@@ -172,26 +177,76 @@ function decimalParts(raw: string): { unscaled: bigint; scale: number } | undefi
   return { unscaled: BigInt(`${sign}${whole}${fraction}`), scale: fraction.length };
 }
 
-/** A numeric at a column's fixed scale (which may be negative). */
+/**
+ * A numeric at a column's fixed scale (which may be negative). More digits than the scale
+ * (an event queued before ALTER TABLE narrowed the column) are rounded half away from
+ * zero, as PostgreSQL rounded the table's own values.
+ */
 function atScale(parts: { unscaled: bigint; scale: number }, scale: number): bigint {
   const shift = scale - parts.scale;
-  return shift >= 0
-    ? parts.unscaled * 10n ** BigInt(shift)
-    : parts.unscaled / 10n ** BigInt(-shift);
+  if (shift >= 0) return parts.unscaled * 10n ** BigInt(shift);
+  const divisor = 10n ** BigInt(-shift);
+  const magnitude = parts.unscaled < 0n ? -parts.unscaled : parts.unscaled;
+  const rounded = (magnitude + divisor / 2n) / divisor;
+  return parts.unscaled < 0n ? -rounded : rounded;
 }
 
 const DATE_TIME = /^(\d{4,})-(\d\d)-(\d\d)(?:T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?)?( BC)?$/;
+
+/**
+ * Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year 0 = 1 BC), by
+ * arithmetic: JavaScript's Date ends in year 275760, PostgreSQL's dates in 5874897.
+ */
+function epochDays(year: number, month: number, day: number): number {
+  const y = month <= 2 ? year - 1 : year;
+  const era = Math.floor(y / 400);
+  const yearOfEra = y - era * 400;
+  const dayOfYear = Math.floor((153 * (month + (month > 2 ? -3 : 9)) + 2) / 5) + day - 1;
+  const dayOfEra =
+    yearOfEra * 365 + Math.floor(yearOfEra / 4) - Math.floor(yearOfEra / 100) + dayOfYear;
+  return era * 146_097 + dayOfEra - 719_468;
+}
 
 /** Epoch microseconds of a date or a timestamp without zone, as JSON prints them. */
 function epochMicros(text: string): bigint | undefined {
   const match = DATE_TIME.exec(text);
   if (!match) return undefined; // infinity
   const [, year, month, day, hours = '0', minutes = '0', seconds = '0', fraction = '', bc] = match;
-  const at = new Date(0);
   // 1 BC is year 0 of the proleptic Gregorian calendar that Java's java.time counts in.
-  at.setUTCFullYear(bc ? 1 - Number(year) : Number(year), Number(month) - 1, Number(day));
-  at.setUTCHours(Number(hours), Number(minutes), Number(seconds), 0);
-  return BigInt(at.getTime()) * 1000n + BigInt(fraction.padEnd(6, '0'));
+  const days = epochDays(bc ? 1 - Number(year) : Number(year), Number(month), Number(day));
+  const secondOfDay = (Number(hours) * 60 + Number(minutes)) * 60 + Number(seconds);
+  return (
+    (BigInt(days) * 86_400n + BigInt(secondOfDay)) * 1_000_000n + BigInt(fraction.padEnd(6, '0'))
+  );
+}
+
+/** Epoch microseconds of a timestamp, if an int64 holds them (until year 294247). */
+function timestampMicros(text: string): bigint | undefined {
+  const micros = epochMicros(text);
+  return micros === undefined || micros > INT64_MAX || micros < -INT64_MAX - 1n
+    ? undefined
+    : micros;
+}
+
+const INT64_MAX = 9_223_372_036_854_775_807n;
+
+/**
+ * A timestamptz as JSON prints it in UTC ("2026-12-03T10:00:00.5+00:00", "…+00:00 BC") as
+ * ISO 8601 the way java.time parses it: "Z", a "+" before a year of five digits or more,
+ * a signed astronomical year before year 1.
+ */
+function isoInstant(text: string): string | undefined {
+  const match = /^(\d{4,})(-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?)\+00(?::00)?( BC)?$/.exec(text);
+  if (!match) return undefined; // infinity
+  const [, digitsOfYear = '', rest = '', bc] = match;
+  const year = bc ? 1 - Number(digitsOfYear) : Number(digitsOfYear);
+  const yearText =
+    year < 0
+      ? `-${String(-year).padStart(4, '0')}`
+      : year > 9999
+        ? `+${year}`
+        : String(year).padStart(4, '0');
+  return `${yearText}${rest}Z`;
 }
 
 /** Microseconds since midnight of a time of day ("24:00:00" included). */
@@ -274,9 +329,9 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
     case 'oid':
       return { schema: { type: 'int64' }, convert: passThrough };
     case 'float4':
-      return { schema: { type: 'float' }, convert: asNumber };
+      return { schema: { type: 'float' }, convert: asNumber, nullable: true };
     case 'float8':
-      return { schema: { type: 'double' }, convert: asNumber };
+      return { schema: { type: 'double' }, convert: asNumber, nullable: true };
     case 'bool':
       return { schema: { type: 'boolean' }, convert: passThrough };
     case 'numeric': {
@@ -298,6 +353,7 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
               ? NULL
               : `{"scale":${parts.scale},"value":"${twosComplementBase64(parts.unscaled)}"}`;
           },
+          nullable: true,
         };
       }
       const digits = ((typmod - 4) >> 16) & 0xffff;
@@ -314,6 +370,7 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
           const parts = decimalParts(raw);
           return parts === undefined ? NULL : `"${twosComplementBase64(atScale(parts, scale))}"`;
         },
+        nullable: true,
       };
     }
     case 'date':
@@ -323,6 +380,7 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
           const micros = epochMicros(s);
           return micros === undefined ? undefined : String(micros / 86_400_000_000n);
         }),
+        nullable: true,
       };
     case 'timestamp': {
       const millis = precision(typmod) <= 3;
@@ -332,19 +390,21 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
           millis ? 'io.debezium.time.Timestamp' : 'io.debezium.time.MicroTimestamp',
         ),
         convert: fromString((s) => {
-          const micros = epochMicros(s);
+          const micros = timestampMicros(s);
           if (micros === undefined) return undefined;
           return String(millis ? micros / 1000n : micros);
         }),
+        nullable: true,
       };
     }
     case 'timestamptz':
       return {
         schema: named('string', 'io.debezium.time.ZonedTimestamp'),
-        // The capturing functions pin TimeZone to UTC: "…+00:00" is ISO's "…Z".
-        convert: fromString((s) =>
-          /^\d{4}-/.test(s) ? JSON.stringify(s.replace(/\+00(?::00)?$/, 'Z')) : undefined,
-        ),
+        convert: fromString((s) => {
+          const iso = isoInstant(s);
+          return iso === undefined ? undefined : JSON.stringify(iso);
+        }),
+        nullable: true,
       };
     case 'time': {
       const millis = precision(typmod) <= 3;
@@ -401,77 +461,97 @@ function kindOf(typeName: string, typmod: number): ColumnKind {
 }
 
 /** An array of `element`s; a multidimensional one (nested JSON arrays) is null. */
-function arrayKind(element: ColumnKind): ColumnKind {
+function arrayKind(element: ColumnKind, json: boolean): ColumnKind {
   return {
     schema: { type: 'array', items: { ...element.schema, optional: true } },
+    nullable: true,
     convert: (raw) => {
       if (!raw.startsWith('[')) return NULL;
       const elements = arrayElements(raw);
-      if (elements.some((e) => e.startsWith('['))) return NULL;
+      // A json element may itself be an array; any other nested array is a dimension.
+      if (!json && elements.some((e) => e.startsWith('['))) return NULL;
       return `[${elements.map((e) => (e === NULL ? NULL : element.convert(e))).join(',')}]`;
     },
   };
 }
 
 function columnKind(column: CatalogColumn): ColumnKind {
-  if (column.elementName !== null) return arrayKind(kindOf(column.elementName, column.typmod));
+  if (column.elementName !== null) {
+    const json = column.elementName === 'json' || column.elementName === 'jsonb';
+    return arrayKind(kindOf(column.elementName, column.typmod), json);
+  }
   if (column.typeKind === 'e') return STRING_KIND;
   return kindOf(column.typeName, column.typmod);
 }
 
 /**
- * The column types of captured tables, read from the catalog when a table is first seen,
- * when a row image holds a column not known yet, and after COLUMNS_TTL_MS (a column whose
- * type changed keeps its old schema until then).
+ * The column types of captured tables, read from the catalog with each batch that has
+ * tables in a Debezium format (one small query): a type changed by ALTER TABLE is seen
+ * by the next batch. A table's entry is replaced only when its columns changed, so the
+ * schemas built from it stay cached; a dropped table keeps its last known columns.
  */
 export class ColumnCatalog {
   private readonly tables = new Map<string, TableColumns>();
 
   constructor(private readonly sql: postgres.Sql) {}
 
-  /** Reads the tables that are not known, are stale, or lack a column of `images`. */
-  async ensure(needs: Array<{ tableOid: string; images: Array<string | null> }>): Promise<void> {
-    const now = Date.now();
-    const stale = new Set<string>();
-    for (const { tableOid, images } of needs) {
-      const known = this.tables.get(tableOid);
-      if (known === undefined || now - known.loadedAt > COLUMNS_TTL_MS) stale.add(tableOid);
-      else if (images.some((image) => image !== null && lacksColumn(known, image))) {
-        stale.add(tableOid);
-      }
-    }
-    if (stale.size === 0) return;
+  /** Reads the columns of `tableOids`. */
+  async ensure(tableOids: string[]): Promise<void> {
+    const oids = [...new Set(tableOids)];
+    if (oids.length === 0) return;
     const rows = await this.sql<CatalogColumn[]>`
       select a.attrelid::int8::text as table_oid, a.attname::text as name, a.attnotnull as not_null,
              b.typname::text as type_name, b.typtype::text as type_kind,
-             e.typname::text as element_name,
-             case when t.typtype = 'd' then t.typtypmod else a.atttypmod end as typmod
+             eb.typname::text as element_name,
+             coalesce(nullif(a.atttypmod, -1), nullif(d1.typtypmod, -1), d2.typtypmod, -1) as typmod
       from pg_catalog.pg_attribute a
-      join pg_catalog.pg_type t on t.oid = a.atttypid
-      -- a domain is written as its base type
-      join pg_catalog.pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end
+      -- a domain (of a domain) is written as its base type, an array of one as an array
+      -- of the base type
+      join pg_catalog.pg_type d1 on d1.oid = a.atttypid
+      left join pg_catalog.pg_type d2 on d2.oid = d1.typbasetype and d1.typtype = 'd'
+      join pg_catalog.pg_type b on b.oid = case when d2.typtype = 'd' then d2.typbasetype
+                                                when d1.typtype = 'd' then d1.typbasetype
+                                                else d1.oid end
       left join pg_catalog.pg_type e on e.oid = b.typelem and b.typcategory = 'A'
-      where a.attrelid = any(${[...stale]}::oid[]) and a.attnum > 0 and not a.attisdropped
+      left join pg_catalog.pg_type eb on eb.oid = case when e.typtype = 'd' then e.typbasetype else e.oid end
+      where a.attrelid = any(${oids}::oid[]) and a.attnum > 0 and not a.attisdropped
       order by a.attrelid, a.attnum`;
-    for (const oid of stale) {
-      this.tables.set(oid, { kinds: new Map(), notNull: new Set(), loadedAt: now });
-    }
+    const read = new Map<string, CatalogColumn[]>();
     for (const row of rows) {
-      const table = this.tables.get(row.tableOid);
-      if (table === undefined) continue;
-      table.kinds.set(row.name, columnKind(row));
-      if (row.notNull) table.notNull.add(row.name);
+      const list = read.get(row.tableOid) ?? [];
+      list.push(row);
+      read.set(row.tableOid, list);
+    }
+    for (const [oid, columns] of read) {
+      const signature = JSON.stringify(columns);
+      if (this.tables.get(oid)?.signature === signature) continue;
+      const table: TableColumns = {
+        kinds: new Map(),
+        notNull: new Set(),
+        signature,
+        version: ++this.version,
+      };
+      for (const column of columns) {
+        table.kinds.set(column.name, columnKind(column));
+        if (column.notNull) table.notNull.add(column.name);
+      }
+      this.tables.set(oid, table);
     }
   }
 
-  /** A table's columns (empty before ensure()). */
-  columns(tableOid: string): TableColumns {
-    return this.tables.get(tableOid) ?? { kinds: new Map(), notNull: new Set(), loadedAt: 0 };
-  }
-}
+  private version = 0;
 
-function lacksColumn(table: TableColumns, image: string): boolean {
-  return objectMembers(image).some(([name]) => !table.kinds.has(name));
+  /** A table's columns (none before ensure(), or for a table never seen). */
+  columns(tableOid: string): TableColumns {
+    return (
+      this.tables.get(tableOid) ?? {
+        kinds: new Map(),
+        notNull: new Set(),
+        signature: '',
+        version: 0,
+      }
+    );
+  }
 }
 
 /** The key columns of a row image, in the key's order (a missing one is null). */
@@ -494,11 +574,10 @@ function fieldSchemas(
   names: string[],
   optional: (name: string) => boolean,
 ): Array<Record<string, unknown>> {
-  return names.map((name) => ({
-    ...(table.kinds.get(name) ?? STRING_KIND).schema,
-    optional: optional(name),
-    field: name,
-  }));
+  return names.map((name) => {
+    const kind = table.kinds.get(name) ?? STRING_KIND;
+    return { ...kind.schema, optional: optional(name) || kind.nullable === true, field: name };
+  });
 }
 
 /** The fields of Debezium's PostgreSQL Source block, in its order. */
@@ -557,6 +636,8 @@ const TRANSACTION_SCHEMA = {
  */
 export class DebeziumWriter {
   private readonly schemas = new Map<string, TableSchemas>();
+  /** The columns of each table's last row written, for a truncate's schema. */
+  private readonly lastColumns = new Map<string, string[]>();
 
   constructor(
     readonly catalog: ColumnCatalog,
@@ -619,12 +700,27 @@ export class DebeziumWriter {
   ): TableSchemas {
     const beforeNames = before?.map(([name]) => name) ?? [];
     const afterNames = after?.map(([name]) => name) ?? [];
-    const names = [...afterNames, ...beforeNames.filter((n) => !afterNames.includes(n))];
+    let names = [...afterNames, ...beforeNames.filter((n) => !afterNames.includes(n))];
+    // A truncate has no row: its schema is the table's, as the last row showed it (the
+    // key columns before any), not an empty struct under the same record name.
+    if (before === undefined && after === undefined) {
+      names = this.lastColumns.get(source.tableOid) ?? source.keyColumns;
+    } else {
+      this.lastColumns.set(source.tableOid, names);
+    }
     const partial =
       before !== undefined && after !== undefined
         ? names.filter((n) => !beforeNames.includes(n) || !afterNames.includes(n))
         : [];
-    const cacheKey = `${source.tableOid}\u0000${source.schemaName}\u0000${source.tableName}\u0000${names.join('\u0001')}\u0000${partial.join('\u0001')}\u0000${table.loadedAt}`;
+    const cacheKey = [
+      source.tableOid,
+      source.schemaName,
+      source.tableName,
+      table.version,
+      names.join('\u0001'),
+      partial.join('\u0001'),
+      source.keyColumns.join('\u0001'),
+    ].join('\u0000');
     const cached = this.schemas.get(cacheKey);
     if (cached !== undefined) return cached;
     const record = `${this.topicPrefix}.${source.schemaName}.${source.tableName}`;

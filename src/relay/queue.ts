@@ -134,13 +134,10 @@ export class EventQueue {
       (sum, c) => sum + (c.newRow?.length ?? 0) + (c.oldRow?.length ?? 0),
       0,
     );
-    // A Debezium format needs the tables' column types (read once, then cached).
+    // A Debezium format needs the tables' column types, read with each batch (one query).
     const typed = changes.filter((c) => c.messageFormat !== 'pg2kafka');
-    if (typed.length > 0) {
-      await this.catalog.ensure(
-        typed.map((c) => ({ tableOid: c.tableOid, images: [c.newRow, c.oldRow] })),
-      );
-    }
+    if (typed.length > 0) await this.catalog.ensure(typed.map((c) => c.tableOid));
+
     const events: QueuedEvent[] = [];
     for (const change of changes) this.events.eventsOf(change, events);
     return { events, full: changes.length >= limit || bytes >= maxBytes };

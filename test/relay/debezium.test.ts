@@ -291,6 +291,75 @@ test('debezium: every fidelity type converted as the Debezium connector does, no
   });
 });
 
+test('debezium: far and BC instants, NOT NULL infinity, arrays of json arrays, domains, a column narrowed while queued, a truncate', async () => {
+  await db.sql`create domain posint as int check (value > 0)`;
+  await db.sql`create domain small_posint as posint check (value < 100)`;
+  await db.sql`create domain price2 as numeric(8,2)`;
+  await db.sql`create table edges (id int primary key, far date, farts timestamp,
+    future timestamptz, past timestamptz, valid_to timestamptz not null, docs jsonb[],
+    level small_posint, levels posint[], cost price2, amount numeric(10,4))`;
+  await db.sql`select pg2kafka.setup('edges', snapshot => 'none')`;
+  await db.sql`insert into edges values (1, '5874897-12-31', '294000-12-31 23:59:59.999999',
+    '10000-01-01 00:00:00+00', '0044-03-15 12:00:00+00 BC', 'infinity',
+    array['[1,2]'::jsonb, '{"a":1}'], 42, '{1,2}', 9.99, 1.2345)`;
+  // Narrowed while its event is queued: the event ships with the new type, rounded.
+  await db.sql`alter table edges alter column amount type numeric(10,2)`;
+  await db.sql`truncate edges`;
+  // PostgreSQL's own arithmetic is the oracle for the far values.
+  const [expected] = await db.sql<{ days: number; micros: string }[]>`
+    select '5874897-12-31'::date - '1970-01-01'::date as days,
+           (extract(epoch from '294000-12-31 23:59:59.999999'::timestamp) * 1000000)::numeric(30,0)::text as micros`;
+
+  const r = relay({ MESSAGE_FORMAT: 'debezium' });
+  const messages = await kafka.consume(`pg2kafka.${db.name}.edges`, 2, 30_000, 1000);
+  await waitFor('an empty queue', async () => (await queueDepth()) === 0);
+  assert.equal((await r.stop()).code, 0);
+  const [insert, truncate] = messages.map(embedded);
+  assert.ok(insert && truncate && expected);
+  assert.match(messages[0]?.value ?? '', new RegExp(`"farts":${expected.micros},`));
+  assert.deepEqual(
+    { ...insert.value?.after, farts: 'checked above' },
+    {
+      id: 1,
+      far: expected.days,
+      farts: 'checked above',
+      future: '+10000-01-01T00:00:00Z',
+      past: '-0043-03-15T12:00:00Z',
+      valid_to: null, // infinity has no Connect value
+      docs: ['[1, 2]', '{"a": 1}'],
+      level: 42,
+      levels: [1, 2],
+      cost: Buffer.from([0x03, 0xe7]).toString('base64'), // 999 at scale 2
+      amount: Buffer.from([0x7b]).toString('base64'), // 1.2345 rounded to 1.23 at scale 2
+    },
+  );
+  const fields = (insert.valueSchema?.fields?.[1]?.fields ?? []).map((f) => ({
+    field: f.field,
+    type: f.type,
+    optional: f.optional,
+    items: f.items?.type,
+    scale: f.parameters?.scale,
+  }));
+  const field = (name: string) => fields.find((f) => f.field === name);
+  assert.deepEqual(field('valid_to'), {
+    field: 'valid_to',
+    type: 'string',
+    optional: true, // NOT NULL, but infinity is written as null
+    items: undefined,
+    scale: undefined,
+  });
+  assert.equal(field('level')?.type, 'int32', 'a domain of a domain is its base type');
+  assert.equal(field('levels')?.items, 'int32', 'an array of a domain is an array of its base');
+  assert.equal(field('cost')?.scale, '2');
+  assert.equal(field('amount')?.scale, '2', 'the type at the time it ships');
+  assert.deepEqual([truncate.key, truncate.value?.op], [null, 't']);
+  assert.deepEqual(
+    truncate.valueSchema?.fields?.[0],
+    insert.valueSchema?.fields?.[0],
+    "a truncate's row schema is the table's, not an empty struct",
+  );
+});
+
 test("debezium-schemaless: a table's own format wins over MESSAGE_FORMAT; payloads without schemas", async () => {
   await db.sql`create table plain_items (sku text primary key, qty int)`;
   await db.sql`create table other_items (sku text primary key, qty int)`;
