@@ -89,36 +89,50 @@ const NULL = 'null';
 /** Skips JSON whitespace from `i`. */
 function skipSpace(text: string, i: number): number {
   let at = i;
-  while (at < text.length && ' \t\n\r'.includes(text.charAt(at))) at++;
-  return at;
+  for (;;) {
+    const c = text.charCodeAt(at);
+    if (c !== 32 && c !== 9 && c !== 10 && c !== 13) return at;
+    at++;
+  }
+}
+
+/** The index just past the JSON string whose opening quote is at `i`. */
+function stringEnd(text: string, i: number): number {
+  let at = i + 1;
+  for (;;) {
+    const quote = text.indexOf('"', at);
+    if (quote < 0) return text.length;
+    // The quote ends the string unless an odd number of backslashes escapes it.
+    let slashes = 0;
+    while (text.charCodeAt(quote - 1 - slashes) === 92) slashes++;
+    if (slashes % 2 === 0) return quote + 1;
+    at = quote + 1;
+  }
 }
 
 /** The index just past the JSON value starting at `i` (after whitespace). */
 function valueEnd(text: string, i: number): number {
+  const first = text.charCodeAt(i);
+  if (first === 34) return stringEnd(text, i);
   let at = i;
-  const first = text.charAt(at);
-  if (first === '"') {
-    for (at++; at < text.length; at++) {
-      const c = text.charAt(at);
-      if (c === '\\') at++;
-      else if (c === '"') return at + 1;
-    }
-    return at;
-  }
-  if (first === '{' || first === '[') {
+  if (first === 123 || first === 91) {
     let depth = 0;
     for (; at < text.length; at++) {
-      const c = text.charAt(at);
-      if (c === '"') at = valueEnd(text, at) - 1;
-      else if (c === '{' || c === '[') depth++;
-      else if (c === '}' || c === ']') {
+      const c = text.charCodeAt(at);
+      if (c === 34) at = stringEnd(text, at) - 1;
+      else if (c === 123 || c === 91) depth++;
+      else if (c === 125 || c === 93) {
         depth--;
         if (depth === 0) return at + 1;
       }
     }
     return at;
   }
-  while (at < text.length && !',]} \t\n\r'.includes(text.charAt(at))) at++;
+  // A number, true, false or null: up to the next separator.
+  for (; at < text.length; at++) {
+    const c = text.charCodeAt(at);
+    if (c === 44 || c === 93 || c === 125 || c === 32 || c === 9 || c === 10 || c === 13) break;
+  }
   return at;
 }
 
@@ -555,8 +569,8 @@ export class ColumnCatalog {
 }
 
 /** The key columns of a row image, in the key's order (a missing one is null). */
-function keyOf(image: string, source: DebeziumSource): Array<[string, string]> {
-  const values = new Map(objectMembers(image));
+function keyOf(image: Array<[string, string]>, source: DebeziumSource): Array<[string, string]> {
+  const values = new Map(image);
   return source.keyColumns.map((name) => [name, values.get(name) ?? NULL]);
 }
 
@@ -654,7 +668,16 @@ export class DebeziumWriter {
     const table = this.catalog.columns(source.tableOid);
     const before = event.before === null ? undefined : objectMembers(event.before);
     const after = event.after === null ? undefined : objectMembers(event.after);
-    const keyMembers = event.keyImage === null ? undefined : keyOf(event.keyImage, source);
+    // The key image is one of the two (after, or before for a delete): parsed once.
+    const keyImage =
+      event.keyImage === null
+        ? undefined
+        : event.keyImage === event.after
+          ? after
+          : event.keyImage === event.before
+            ? before
+            : objectMembers(event.keyImage);
+    const keyMembers = keyImage === undefined ? undefined : keyOf(keyImage, source);
     const payload = this.envelope(source, {
       op: event.op,
       before: before === undefined ? NULL : structOf(table, before),

@@ -271,7 +271,7 @@ export class EventBuilder {
           schemaName: change.schemaName,
           tableName: change.tableName,
           database: change.database,
-          keyColumns: JSON.parse(change.keyColumns) as string[],
+          keyColumns: this.keyColumnsOf(change.keyColumns),
           createdAtUs: change.createdAtUs,
           txId: change.txId,
         },
@@ -288,6 +288,19 @@ export class EventBuilder {
     }
     return event;
   }
+
+  /** The key columns' JSON array, parsed once per distinct text (a batch shares a few). */
+  private keyColumnsOf(json: string): string[] {
+    let columns = this.keyColumns.get(json);
+    if (columns === undefined) {
+      columns = JSON.parse(json) as string[];
+      if (this.keyColumns.size > 1000) this.keyColumns.clear();
+      this.keyColumns.set(json, columns);
+    }
+    return columns;
+  }
+
+  private readonly keyColumns = new Map<string, string[]>();
 
   private debeziumWriter(): DebeziumWriter {
     if (this.debezium === undefined) {
