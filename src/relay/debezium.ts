@@ -66,7 +66,8 @@ interface TableSchemas {
 
 /** One Debezium event to write. */
 export interface DebeziumEvent {
-  op: 'r' | 'c' | 'u' | 'd' | 't';
+  /** 'tombstone': only the key (of `before`), the value is null. */
+  op: 'r' | 'c' | 'u' | 'd' | 't' | 'tombstone';
   before: string | null;
   after: string | null;
   /** The image that holds the key (null for a truncate). */
@@ -658,13 +659,13 @@ export class DebeziumWriter {
     private readonly topicPrefix: string,
   ) {}
 
-  /** The message key and value of `event`; key null for a truncate. */
+  /** The message key and value of `event`; key null for a truncate, value for a tombstone. */
   write(
     format: 'debezium' | 'debezium-schemaless',
     source: DebeziumSource,
     event: DebeziumEvent,
     snapshot: boolean,
-  ): { key: string | null; value: string } {
+  ): { key: string | null; value: string | null } {
     const table = this.catalog.columns(source.tableOid);
     const before = event.before === null ? undefined : objectMembers(event.before);
     const after = event.after === null ? undefined : objectMembers(event.after);
@@ -678,6 +679,15 @@ export class DebeziumWriter {
             ? before
             : objectMembers(event.keyImage);
     const keyMembers = keyImage === undefined ? undefined : keyOf(keyImage, source);
+    if (event.op === 'tombstone') {
+      const keyPayload = keyMembers === undefined ? null : structOf(table, keyMembers);
+      if (format === 'debezium-schemaless' || keyPayload === null) {
+        return { key: keyPayload, value: null };
+      }
+      // The DELETE's schemas (the same image), cached by its event just before.
+      const { key } = this.schemasOf(source, table, before, undefined);
+      return { key: `{"schema":${key},"payload":${keyPayload}}`, value: null };
+    }
     const payload = this.envelope(source, {
       op: event.op,
       before: before === undefined ? NULL : structOf(table, before),

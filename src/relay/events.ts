@@ -123,7 +123,7 @@ export class EventBuilder {
   private second = { epoch: NaN, iso: '' };
 
   /** `debezium` writes the tables in a Debezium format (their column types loaded). */
-  constructor(private readonly debezium?: DebeziumWriter) {}
+  constructor(private readonly debezium: DebeziumWriter) {}
 
   /** created_at as the original printed it: ISO 8601, microseconds, UTC ("…T16:14:36.709116Z"). */
   private isoMicros(micros: number): string {
@@ -226,14 +226,14 @@ export class EventBuilder {
   ): void {
     if (!change.tombstones || key === null) return;
     const event = this.event(change, at, 2, 'TOMBSTONE', key, null, {
-      op: 'd',
+      op: 'tombstone',
       before: oldRow,
       after: null,
       keyImage: oldRow,
     });
     // Its key is the DELETE's: a missing key column holds that one back already.
     delete event.keyMissing;
-    out.push({ ...event, value: null });
+    out.push(event);
   }
 
   private event(
@@ -262,9 +262,11 @@ export class EventBuilder {
       value: null,
     };
     if (change.messageFormat === 'pg2kafka') {
-      event.value = `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${statement}","data":${data ?? '{}'},"created_at":"${at.createdAt}"}`;
+      // A tombstone's value is null; it is keyed by the external id.
+      if (statement !== 'TOMBSTONE')
+        event.value = `{"uuid":"${uuid}","external_id":${externalId === null ? 'null' : JSON.stringify(externalId)},"statement":"${statement}","data":${data ?? '{}'},"created_at":"${at.createdAt}"}`;
     } else {
-      const written = this.debeziumWriter().write(
+      const written = this.debezium.write(
         change.messageFormat,
         {
           tableOid: change.tableOid,
@@ -301,11 +303,4 @@ export class EventBuilder {
   }
 
   private readonly keyColumns = new Map<string, string[]>();
-
-  private debeziumWriter(): DebeziumWriter {
-    if (this.debezium === undefined) {
-      throw new Error('a table in a Debezium format was read without its column types');
-    }
-    return this.debezium;
-  }
 }
